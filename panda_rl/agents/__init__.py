@@ -1,0 +1,1 @@
+"""Learning algorithms: advantage estimators, losses (pure functions) and the SGD loop."""

@@ -1,0 +1,314 @@
+"""Loading, overriding, validating and (de)serialising experiment configs.
+
+A config is an ``ml_collections.ConfigDict`` returned by ``get_config()`` in a file under
+``configs/``. The command line overrides fields with ``--config.section.key=value``; the
+same overrides work from Python::
+
+    config = load_config("configs/mujoco_ppo_mlp.py", ["algorithm.gamma=0.98"])
+
+Unknown fields fail loudly, with the valid names and a close match when there is one.
+Overrides are parsed by ``ml_collections.config_flags`` (the parser the CLI uses), so a
+notebook and the command line read ``--config.x=...`` identically.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Sequence, Tuple
+
+import ml_collections
+
+LOGGER_BACKENDS = ("tensorboard", "wandb", "swanlab")
+
+# Fields that may change between a run and its resumption without any effect on what the
+# saved state means: bookkeeping, logging and evaluation cadence. Differences elsewhere are
+# reported (and are errors where the saved arrays cannot fit the new config).
+RESUME_FREE_FIELDS = (
+    "runner.max_epochs",
+    "runner.resume",
+    "runner.val_check_interval",
+    "runner.save_interval",
+    "runner.max_to_keep",
+    "runner.logger",
+    "env.eval",
+    "cluster",
+)
+
+
+class ConfigError(ValueError):
+  """A config field is unknown, mistyped or out of range."""
+
+
+# --------------------------------------------------------------------------------------
+# Field paths.
+
+
+def flatten(config: Mapping[str, Any] | ml_collections.ConfigDict,
+            prefix: str = "") -> dict[str, Any]:
+  """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``. Empty sub-dicts appear as ``{}`` leaves."""
+  items = config.items() if hasattr(config, "items") else []
+  out: dict[str, Any] = {}
+  for k, v in items:
+    path = f"{prefix}{k}"
+    if isinstance(v, (ml_collections.ConfigDict, dict)) and len(v):
+      out.update(flatten(v, path + "."))
+    elif isinstance(v, (ml_collections.ConfigDict, dict)):
+      out[path] = {}
+    else:
+      out[path] = v
+  return out
+
+
+def _unknown_field_message(config: ml_collections.ConfigDict, path: str) -> str | None:
+  """Returns an error message if ``path`` ("a.b.c") is not a field of ``config``."""
+  node: Any = config
+  parts = path.split(".")
+  for i, part in enumerate(parts):
+    where = ".".join(parts[:i]) or "<top level>"
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f"Unknown config field {path!r}: {where!r} is a value "
+              f"({type(node).__name__}), not a section.")
+    if part not in node:
+      valid = sorted(node.keys())
+      close = difflib.get_close_matches(part, valid, n=1)
+      hint = f" Did you mean {'.'.join(parts[:i] + [close[0]])!r}?" if close else ""
+      return (f"Unknown config field {path!r}: section {where!r} has no field {part!r}."
+              f"{hint} Valid fields of {where!r}: {', '.join(valid) or '(none)'}.")
+    node = node[part]
+  return None
+
+
+def check_override_paths(config: ml_collections.ConfigDict, paths: Iterable[str]) -> None:
+  """Raises :class:`ConfigError` naming every path that is not a field of ``config``."""
+  errors = [m for m in (_unknown_field_message(config, p) for p in paths) if m]
+  if errors:
+    raise ConfigError("\n".join(errors))
+
+
+def override_paths_from_argv(argv: Sequence[str], flag_name: str = "config") -> List[str]:
+  """The field paths set by ``--config.a.b=...`` / ``--config.a.b ...`` in ``argv``."""
+  paths = []
+  prefix = f"--{flag_name}."
+  for arg in argv:
+    if arg.startswith(prefix):
+      paths.append(arg[len(prefix):].split("=", 1)[0])
+  return paths
+
+
+def config_file_from_argv(argv: Sequence[str], flag_name: str = "config") -> str | None:
+  """The path given by ``--config=PATH`` or ``--config PATH`` in ``argv``, if any."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{flag_name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{flag_name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+# --------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Runs ``get_config()`` of a config file (optionally ``file.py:arg``), no overrides."""
+  import importlib.util
+
+  path = str(path)
+  arg = None
+  if ":" in path and not Path(path).exists():
+    path, arg = path.split(":", 1)
+  if not Path(path).exists():
+    raise ConfigError(f"Config file {path!r} does not exist.")
+  spec = importlib.util.spec_from_file_location(f"_panda_rl_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def load_config(path: str | os.PathLike,
+                overrides: Sequence[str] | Mapping[str, Any] = ()) -> ml_collections.ConfigDict:
+  """Loads ``path`` and applies overrides exactly as the command line would.
+
+  Args:
+    path: a config file with ``get_config()``, e.g. ``"configs/mujoco_ppo_mlp.py"``.
+    overrides: ``["algorithm.gamma=0.98", "--config.runner.max_epochs=3"]`` (strings are
+      parsed like command-line values) or a mapping ``{"algorithm.gamma": 0.98}`` (values
+      assigned as they are, type-checked by the locked ConfigDict).
+
+  Returns:
+    The locked, validated config.
+
+  Raises:
+    ConfigError: an unknown field, a value of the wrong type, or an invalid config.
+  """
+  from absl import flags
+  from ml_collections import config_flags
+
+  if isinstance(overrides, Mapping):
+    config = load_config_file(path)
+    check_override_paths(config, overrides)
+    config = ml_collections.ConfigDict(config)  # unlocked copy
+    for key, value in overrides.items():
+      _assign(config, key, value)
+    config.lock()
+    validate_config(config)
+    return config
+
+  # Later overrides of the same field win (absl would concatenate repeated tuple flags).
+  latest: dict[str, str] = {}
+  for o in overrides:
+    o = o if o.startswith("--") else f"--config.{o}"
+    latest[o.split("=", 1)[0]] = o
+  argv = ["panda_rl", f"--config={path}", *latest.values()]
+  check_override_paths(load_config_file(path), override_paths_from_argv(argv))
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  try:
+    fv(argv)
+  except flags.Error as e:
+    raise ConfigError(str(e)) from None
+  config = fv.config
+  validate_config(config)
+  return config
+
+
+def _assign(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ConfigError(f"config field {path!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Validation (of the sections the training experience owns; algorithm sections are
+# validated by the code that consumes them).
+
+
+def _need(errors: list, ok: bool, msg: str) -> None:
+  if not ok:
+    errors.append(msg)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the runner / logger / env-size fields before anything compiles.
+
+  Raises:
+    ConfigError: listing every problem found.
+  """
+  errors: list[str] = []
+  for section in ("env", "rollout", "actor", "algorithm", "runner"):
+    _need(errors, section in config, f"config has no {section!r} section")
+  if errors:
+    raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+  r = config.runner
+  _need(errors, _is_int(r.max_epochs) and r.max_epochs >= 1,
+        f"runner.max_epochs must be an int >= 1, got {r.max_epochs!r}")
+  _need(errors, _is_int(r.val_check_interval) and r.val_check_interval >= 0,
+        f"runner.val_check_interval must be an int >= 0 (0 = never), got "
+        f"{r.val_check_interval!r}")
+  _need(errors, _is_int(r.save_interval) and r.save_interval >= 0,
+        f"runner.save_interval must be an int >= 0 (0 = only at the end), got "
+        f"{r.save_interval!r}")
+  if "max_to_keep" in r:
+    _need(errors, _is_int(r.max_to_keep) and r.max_to_keep >= 0,
+          f"runner.max_to_keep must be an int >= 0 (0 = keep all), got {r.max_to_keep!r}")
+  _need(errors, isinstance(r.resume, bool), f"runner.resume must be a bool, got {r.resume!r}")
+  lg = r.logger
+  for name in ("log_path", "project_name", "experiment_name"):
+    _need(errors, isinstance(lg[name], str) and lg[name] != "",
+          f"runner.logger.{name} must be a non-empty string, got {lg[name]!r}")
+  backends = logger_backends(config)
+  unknown = [b for b in backends if b not in LOGGER_BACKENDS]
+  _need(errors, not unknown,
+        f"runner.logger.logger_backends: unknown backend(s) {unknown}; valid: "
+        f"{list(LOGGER_BACKENDS)}")
+  for path in ("env.train.num_envs", "env.eval.num_envs", "rollout.num_steps"):
+    node: Any = config
+    for p in path.split("."):
+      node = node[p]
+    _need(errors, _is_int(node) and node >= 1, f"{path} must be an int >= 1, got {node!r}")
+  if errors:
+    raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def logger_backends(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
+  """``runner.logger.logger_backends`` as a tuple of lower-case backend names."""
+  b = config.runner.logger.logger_backends
+  b = (b,) if isinstance(b, str) else tuple(b)
+  # The command line may deliver "tensorboard,wandb" or "(tensorboard,wandb)" as ONE string.
+  names = []
+  for item in b:
+    for part in str(item).split(","):
+      part = part.strip().strip("()[]'\" ").lower()
+      if part:
+        names.append(part)
+  return tuple(names)
+
+
+# --------------------------------------------------------------------------------------
+# Run directories.
+
+
+def run_dir(config: ml_collections.ConfigDict) -> Path:
+  """``<runner.logger.log_path>/<project_name>/<experiment_name>``: logs + checkpoints."""
+  lg = config.runner.logger
+  return Path(lg.log_path) / lg.project_name / lg.experiment_name
+
+
+# --------------------------------------------------------------------------------------
+# JSON round trip (checkpoints store the config as JSON; JSON has no tuples).
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """A JSON-serialisable plain dict (tuples become lists)."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _tuplify(x):
+  if isinstance(x, dict):
+    return {k: _tuplify(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuplify(v) for v in x)
+  return x
+
+
+def config_from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Inverse of :func:`config_to_dict`: lists come back as tuples; the result is locked."""
+  config = ml_collections.ConfigDict(_tuplify(dict(d)))
+  config.lock()
+  return config
+
+
+def config_diff(old: Mapping[str, Any] | ml_collections.ConfigDict,
+                new: Mapping[str, Any] | ml_collections.ConfigDict,
+                ignore: Sequence[str] = ()) -> List[str]:
+  """Human-readable differences ``"path: old -> new"`` between two configs.
+
+  Sequences compare equal whether they are lists or tuples. Paths equal to or under an
+  entry of ``ignore`` are skipped.
+  """
+  norm = lambda c: _tuplify(config_to_dict(c) if isinstance(c, ml_collections.ConfigDict)
+                            else json.loads(json.dumps(c)))
+  a, b = flatten(norm(old)), flatten(norm(new))
+  skip = lambda p: any(p == i or p.startswith(i + ".") for i in ignore)
+  missing = object()
+  out = []
+  for path in sorted(set(a) | set(b)):
+    if skip(path):
+      continue
+    va, vb = a.get(path, missing), b.get(path, missing)
+    if va != vb:
+      fmt = lambda v: "(absent)" if v is missing else repr(v)
+      out.append(f"{path}: {fmt(va)} -> {fmt(vb)}")
+  return out

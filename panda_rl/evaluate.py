@@ -1,0 +1,151 @@
+"""Evaluates a checkpoint: ``python -m panda_rl.evaluate --checkpoint DIR [--episodes N]``.
+
+Rebuilds the policy with :func:`panda_rl.load_policy` (no training code), runs N
+deterministic (mean-action) episodes on the evaluation env named in the checkpoint's config,
+and prints the success rate (share of episodes with ``metrics["success"] > 0`` at any step),
+the mean return and the mean episode length.
+"""
+
+import panda_rl  # noqa: F401  (first: sets XLA:CPU flags before any JAX backend starts)
+
+import json
+import math
+import sys
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from panda_rl import metrics as M
+from panda_rl.envs.base import AutoResetWrapper, Env
+
+# Safety cap on the env steps of one evaluation batch, should an env never end.
+MAX_EPISODE_STEPS = 100_000
+
+
+def eval_env_settings(config) -> tuple:
+  """(env_id, overrides) of ``config.env.eval``, falling back to ``config.env.train``."""
+  train, ev = config.env.train, config.env.eval
+  env_id = ev.get("env_id", None) or train.env_id
+  overrides = ev.get("overrides", None)
+  if overrides is None:
+    overrides = train.get("overrides", None)
+  if hasattr(overrides, "to_dict"):
+    overrides = overrides.to_dict()
+  return env_id, dict(overrides or {})
+
+
+def _episode_batch(env: AutoResetWrapper, policy: Callable[[Any], jax.Array]):
+  """jitted key -> (success [B], return [B], length [B]) of each env's first episode."""
+
+  def run(key):
+    state = env.reset(key)
+    zeros = jnp.zeros((env.num_envs,), jnp.float32)
+    init = (state, jnp.ones((env.num_envs,), bool), zeros, zeros, zeros,
+            jnp.zeros((), jnp.int32))
+
+    def cond(c):
+      return jnp.any(c[1]) & (c[5] < MAX_EPISODE_STEPS)
+
+    def body(c):
+      state, active, success, ret, length, t = c
+      state = env.step(state, policy(state.obs))
+      first_end = active & (state.done > 0.5)
+      ep = state.metrics
+      success = jnp.where(first_end, (ep["episode_success_once"] > 0).astype(jnp.float32),
+                          success)
+      ret = jnp.where(first_end, ep["episode_return"], ret)
+      length = jnp.where(first_end, ep["episode_length"], length)
+      return state, active & ~first_end, success, ret, length, t + 1
+
+    _, _, success, ret, length, _ = jax.lax.while_loop(cond, body, init)
+    return success, ret, length
+
+  return jax.jit(run)
+
+
+def evaluate_policy(env: Env, policy: Callable[[Any], jax.Array], num_episodes: int,
+                    key: jax.Array, num_envs: Optional[int] = None) -> Dict[str, float]:
+  """Runs ``num_episodes`` episodes of ``policy`` (obs [B, ...] -> action [B, A]).
+
+  Episodes run in parallel batches of ``num_envs`` (default: all at once); each env
+  contributes its first episode.
+
+  Returns:
+    ``{"eval/success_once", "eval/return", "eval/episode_len", "eval/num_episodes"}``.
+  """
+  num_episodes = int(num_episodes)
+  if num_episodes < 1:
+    raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+  batch = min(num_episodes, int(num_envs or num_episodes))
+  run = _episode_batch(AutoResetWrapper(env, batch), policy)
+  parts = []
+  for i in range(math.ceil(num_episodes / batch)):
+    parts.append(jax.device_get(run(jax.random.fold_in(key, i))))
+  success, ret, length = (np.concatenate(x)[:num_episodes] for x in zip(*parts))
+  return {M.EVAL_SUCCESS_ONCE: float(success.mean()), M.EVAL_RETURN: float(ret.mean()),
+          M.EVAL_EPISODE_LEN: float(length.mean()), "eval/num_episodes": num_episodes}
+
+
+def evaluate_checkpoint(checkpoint: str, episodes: int = 100, seed: int = 0,
+                        step: Optional[int] = None, num_envs: Optional[int] = None
+                        ) -> Dict[str, float]:
+  """Loads the policy of ``checkpoint`` and evaluates it on its config's eval env."""
+  policy = panda_rl.load_policy(checkpoint, step=step, deterministic=True)
+  env_id, overrides = eval_env_settings(policy.config)
+  env = panda_rl.make(env_id, **overrides)
+  batch = num_envs or int(policy.config.env.eval.num_envs)
+  out = evaluate_policy(env, policy, episodes, jax.random.PRNGKey(seed), num_envs=batch)
+  out["step"] = policy.step
+  out["env_id"] = env_id
+  return out
+
+
+def _define_flags():
+  from absl import flags
+
+  flags.DEFINE_string("checkpoint", None, "Run directory, its checkpoints/ directory, or "
+                      "one checkpoints/<step> directory.")
+  flags.DEFINE_integer("episodes", 100, "Number of evaluation episodes.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest complete one).")
+  flags.DEFINE_integer("seed", 0, "PRNG seed of the evaluation episodes.")
+  flags.DEFINE_integer("num_envs", None, "Parallel envs (default: the config's "
+                       "env.eval.num_envs).")
+  flags.DEFINE_bool("json", False, "Also print the results as one JSON line.")
+  flags.mark_flags_as_required(["checkpoint"])
+
+
+def main(argv) -> None:
+  from absl import app, flags
+  from absl import logging as absl_logging
+
+  from panda_rl.checkpoint import CheckpointError
+
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  f = flags.FLAGS
+  t0 = time.perf_counter()
+  try:
+    out = evaluate_checkpoint(f.checkpoint, f.episodes, f.seed, f.step, f.num_envs)
+  except (CheckpointError, ValueError) as e:
+    sys.exit(f"panda_rl.evaluate: {type(e).__name__}: {e}")
+  n = out["eval/num_episodes"]
+  s = out[M.EVAL_SUCCESS_ONCE]
+  print(f"checkpoint step {out['step']} on {out['env_id']}: {n} episodes in "
+        f"{time.perf_counter() - t0:.1f}s")
+  print(f"success rate: {s:.3f} ({int(round(s * n))}/{n})")
+  print(f"mean return: {out[M.EVAL_RETURN]:.3f}")
+  print(f"mean episode length: {out[M.EVAL_EPISODE_LEN]:.1f}")
+  if f.json:
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(main)

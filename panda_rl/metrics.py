@@ -1,0 +1,146 @@
+"""The one place that names the training metrics and defines what each number means.
+
+Every metric a training iteration reports is a key of :data:`DEFINITIONS`; the code that
+computes them (``agents/ppo.py``, ``agents/sgd.py``, :func:`rollout_metrics`,
+:func:`episode_metrics`, ``Trainer.evaluate``) uses the constants below, never a string
+literal, so a rename happens here or nowhere. Loggers, the CLI smoke test and the docs read
+:data:`ITERATION_METRICS` / :data:`EVAL_METRICS`.
+
+Conventions: ``train/*`` values are means over all minibatch updates of one iteration
+(``update_epochs x num_minibatches`` of them); ``rollout/*`` values are over the iteration's
+[T, B] rollout; ``env/*`` values are over the episodes that *completed* during the rollout
+(weighted by ``done``) and are NaN when no episode completed (``env/num_episodes`` is then 0;
+NaN rather than 0 so curves show a gap, not a fake zero).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# --- train/: one optimisation step, averaged over the iteration's minibatch updates --------
+APPROX_KL = "train/actor/approx_kl"
+CLIP_FRACTION = "train/actor/clip_fraction"
+CLIPPED_RATIO = "train/actor/clipped_ratio"
+GRAD_NORM = "train/actor/grad_norm"
+LR = "train/actor/lr"
+POLICY_LOSS = "train/actor/policy_loss"
+VALUE_LOSS = "train/critic/value_loss"
+VALUE_CLIP_RATIO = "train/critic/value_clip_ratio"
+EXPLAINED_VARIANCE = "train/critic/explained_variance"
+ENTROPY_LOSS = "train/entropy_loss"
+LOSS = "train/loss"
+# --- rollout/: the iteration's [T, B] transitions -------------------------------------------
+ADVANTAGES_MAX = "rollout/advantages_max"
+ADVANTAGES_MEAN = "rollout/advantages_mean"
+ADVANTAGES_MIN = "rollout/advantages_min"
+REWARDS = "rollout/rewards"
+# --- env/: episodes that completed during the rollout ---------------------------------------
+EPISODE_LEN = "env/episode_len"
+RETURN = "env/return"
+REWARD = "env/reward"
+SUCCESS_ONCE = "env/success_once"
+NUM_EPISODES = "env/num_episodes"
+# --- eval/: Trainer.evaluate, one deterministic (mean-action) episode per eval env ----------
+EVAL_SUCCESS_ONCE = "eval/success_once"
+EVAL_RETURN = "eval/return"
+EVAL_EPISODE_LEN = "eval/episode_len"
+
+DEFINITIONS: Dict[str, str] = {
+    APPROX_KL: "mean(old_logp - new_logp) over the minibatch: the k1 estimate of "
+               "KL(old || new) (nats).",
+    CLIP_FRACTION: "share of samples with |ratio - 1| > clip_ratio, ratio = "
+                   "exp(new_logp - old_logp): where the ratio clip is active.",
+    CLIPPED_RATIO: "mean of clip(ratio, 1 - clip_ratio, 1 + clip_ratio).",
+    GRAD_NORM: "global L2 norm of the gradient of train/loss over all parameters (policy and "
+               "value), before gradient-norm clipping.",
+    LR: "learning rate the optimiser applied at the update (from actor.optim.lr_schedule).",
+    POLICY_LOSS: "mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))) with A the "
+                 "(per-minibatch standardised, if enabled) advantages.",
+    VALUE_LOSS: "0.5 * mean(max((V - R)^2, (V_clip - R)^2)), V_clip = V_old + clip(V - V_old, "
+                "-value_clip, value_clip); 0.5 * mean((V - R)^2) when value_clip <= 0. "
+                "R = GAE returns (advantages + V_old).",
+    VALUE_CLIP_RATIO: "share of samples with |V - V_old| > value_clip: where value clipping "
+                      "is active (0 when value_clip <= 0).",
+    EXPLAINED_VARIANCE: "1 - Var(R - V) / Var(R) over the minibatch, V the current value "
+                        "prediction (1 = perfect, 0 = as good as a constant, < 0 worse).",
+    ENTROPY_LOSS: "mean entropy of the current policy's Gaussian (nats, summed over action "
+                  "dims); train/loss subtracts entropy_coef times it.",
+    LOSS: "policy_loss + value_coef * value_loss - entropy_coef * entropy_loss.",
+    ADVANTAGES_MAX: "max of the raw (unstandardised) advantages over the rollout [T, B].",
+    ADVANTAGES_MEAN: "mean of the raw (unstandardised) advantages over the rollout [T, B].",
+    ADVANTAGES_MIN: "min of the raw (unstandardised) advantages over the rollout [T, B].",
+    REWARDS: "mean env reward per step over the rollout [T, B] (before algorithm.reward_scale).",
+    EPISODE_LEN: "mean length (env steps) of the episodes that completed in the rollout.",
+    RETURN: "mean undiscounted return of the episodes that completed in the rollout.",
+    REWARD: "mean over completed episodes of return / length: the per-step reward of an "
+            "episode.",
+    SUCCESS_ONCE: "share of completed episodes with metrics['success'] > 0 at any step.",
+    NUM_EPISODES: "number of episodes that completed in the rollout (the weight of env/*).",
+    EVAL_SUCCESS_ONCE: "share of evaluation episodes (mean action) that succeeded at any step.",
+    EVAL_RETURN: "mean undiscounted return of the evaluation episodes.",
+    EVAL_EPISODE_LEN: "mean length of the evaluation episodes.",
+}
+
+TRAIN_METRICS = (APPROX_KL, CLIP_FRACTION, CLIPPED_RATIO, GRAD_NORM, LR, POLICY_LOSS,
+                 VALUE_LOSS, VALUE_CLIP_RATIO, EXPLAINED_VARIANCE, ENTROPY_LOSS, LOSS)
+ROLLOUT_METRICS = (ADVANTAGES_MAX, ADVANTAGES_MEAN, ADVANTAGES_MIN, REWARDS)
+ENV_METRICS = (EPISODE_LEN, RETURN, REWARD, SUCCESS_ONCE, NUM_EPISODES)
+# Everything Trainer.train_iteration returns (PPO), in a stable order.
+ITERATION_METRICS = TRAIN_METRICS + ROLLOUT_METRICS + ENV_METRICS
+EVAL_METRICS = (EVAL_SUCCESS_ONCE, EVAL_RETURN, EVAL_EPISODE_LEN)
+
+
+def explained_variance(returns: Array, values: Array) -> Array:
+  """1 - Var(R - V) / Var(R) over all elements; NaN-free: 0 when Var(R) == 0.
+
+  Args:
+    returns: [...] value targets R.
+    values: [...] value predictions V, same shape.
+  """
+  var_r = jnp.var(returns)
+  ev = 1.0 - jnp.var(returns - values) / jnp.where(var_r > 0, var_r, 1.0)
+  return jnp.where(var_r > 0, ev, 0.0)
+
+
+def weighted_mean(x: Array, weight: Array) -> Array:
+  """sum(x * w) / sum(w); NaN when sum(w) == 0 (no data, see the module docstring)."""
+  total = jnp.sum(weight)
+  return jnp.where(total > 0, jnp.sum(x * weight) / jnp.where(total > 0, total, 1.0),
+                   jnp.nan)
+
+
+def episode_metrics(done: Array, episode: Mapping[str, Array]) -> Dict[str, Array]:
+  """``env/*`` from the episodes that completed in a rollout.
+
+  Args:
+    done: [T, B] 1.0 where a step ended its episode.
+    episode: AutoResetWrapper's running totals, each [T, B]: ``episode_return``,
+      ``episode_length``, ``episode_success_once`` (the finished episode's totals where
+      ``done == 1``).
+  """
+  length = episode["episode_length"]
+  ret = episode["episode_return"]
+  per_step = ret / jnp.maximum(length, 1.0)
+  return {
+      EPISODE_LEN: weighted_mean(length, done),
+      RETURN: weighted_mean(ret, done),
+      REWARD: weighted_mean(per_step, done),
+      SUCCESS_ONCE: weighted_mean((episode["episode_success_once"] > 0).astype(jnp.float32),
+                                  done),
+      NUM_EPISODES: jnp.sum(done),
+  }
+
+
+def rollout_metrics(rewards: Array, advantages: Array) -> Dict[str, Array]:
+  """``rollout/*`` from the [T, B] env rewards and raw advantages."""
+  return {
+      ADVANTAGES_MAX: jnp.max(advantages),
+      ADVANTAGES_MEAN: jnp.mean(advantages),
+      ADVANTAGES_MIN: jnp.min(advantages),
+      REWARDS: jnp.mean(rewards),
+  }

@@ -1,0 +1,180 @@
+"""Policy and value networks (flax linen) and the diagonal-Gaussian helpers PPO needs.
+
+Each network is ``encoder -> MLP torso -> head``. The encoder turns an observation (a flat
+float array, or a dict of arrays) into a feature vector [..., F]; :class:`FlatEncoder` is the
+default for state observations, and a CNN encoder for image observations plugs in through
+the ``encoder`` field without touching the heads, the losses or the training loop.
+
+All modules accept any leading batch shape: obs [..., obs_dim] -> mean [..., A].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Dict[str, Any]
+
+ACTIVATIONS: Dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "tanh": nn.tanh,
+    "swish": nn.swish,
+    "elu": nn.elu,
+}
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+class FlatEncoder(nn.Module):
+  """State observations -> features: obs [..., D] -> [..., D] float32.
+
+  A dict of flat float vectors is concatenated in sorted-key order. Image entries (integer
+  dtype) need a learned encoder: pass e.g. a CNN module as the network's ``encoder``.
+  """
+
+  @nn.compact
+  def __call__(self, obs: Any) -> Array:
+    if isinstance(obs, Mapping):
+      parts = []
+      for name in sorted(obs):
+        x = obs[name]
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+          raise NotImplementedError(
+              f"FlatEncoder cannot encode observation {name!r} of dtype {x.dtype} (an image?); "
+              "give the network an image encoder through its `encoder` field.")
+        parts.append(x.astype(jnp.float32))
+      return jnp.concatenate(parts, axis=-1)
+    return jnp.asarray(obs, jnp.float32)
+
+
+class MLP(nn.Module):
+  """Hidden layers only: x [..., F] -> [..., hidden[-1]] (x itself when hidden is empty)."""
+
+  hidden: Sequence[int]
+  activation: str = "swish"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    act = activation_fn(self.activation)
+    for i, size in enumerate(self.hidden):
+      # Orthogonal sqrt(2) init: the standard PPO choice, keeps activations O(1) at init.
+      x = act(nn.Dense(size, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)),
+                       name=f"dense_{i}")(x))
+    return x
+
+
+class GaussianPolicy(nn.Module):
+  """obs -> (mean [..., A], log_std [..., A]); log_std is a learned, state-independent vector.
+
+  No tanh squashing: the env clips actions to [-1, 1], and log-probabilities are those of the
+  unclipped Gaussian sample (the standard PPO treatment).
+  """
+
+  action_size: int
+  hidden: Sequence[int] = (256, 256)
+  activation: str = "swish"
+  init_log_std: float = -0.5
+  encoder: Optional[nn.Module] = None  # None -> FlatEncoder
+
+  @nn.compact
+  def __call__(self, obs: Any):
+    encoder = self.encoder if self.encoder is not None else FlatEncoder(name="encoder")
+    x = MLP(self.hidden, self.activation, name="torso")(encoder(obs))
+    # Small output init: the initial mean is ~0 whatever the observation scale.
+    mean = nn.Dense(self.action_size, kernel_init=nn.initializers.orthogonal(0.01),
+                    name="mean")(x)
+    log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
+                         (self.action_size,))
+    return mean, jnp.broadcast_to(log_std, mean.shape)
+
+
+class ValueNet(nn.Module):
+  """obs -> V(obs) [...]."""
+
+  hidden: Sequence[int] = (256, 256)
+  activation: str = "swish"
+  encoder: Optional[nn.Module] = None  # None -> FlatEncoder
+
+  @nn.compact
+  def __call__(self, obs: Any) -> Array:
+    encoder = self.encoder if self.encoder is not None else FlatEncoder(name="encoder")
+    x = MLP(self.hidden, self.activation, name="torso")(encoder(obs))
+    v = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="value")(x)
+    return v[..., 0]
+
+
+class ActorCritic(NamedTuple):
+  """The modules of one agent and pure functions over their parameters.
+
+  ``params`` is ``{"policy": ..., "value": ...}`` (no ``"value"`` when ``value`` is None,
+  e.g. GRPO). The losses only use :meth:`policy_apply` / :meth:`value_apply`, so tests can
+  pass any object with those two methods.
+  """
+
+  policy: GaussianPolicy
+  value: Optional[ValueNet] = None
+
+  def init(self, key: Array, obs: Any) -> Params:
+    """obs: one observation (or a batch); returns the parameter tree."""
+    k_pi, k_v = jax.random.split(key)
+    params = {"policy": self.policy.init(k_pi, obs)["params"]}
+    if self.value is not None:
+      params["value"] = self.value.init(k_v, obs)["params"]
+    return params
+
+  def policy_apply(self, policy_params: Any, obs: Any):
+    """obs [..., D] -> (mean [..., A], log_std [..., A])."""
+    return self.policy.apply({"params": policy_params}, obs)
+
+  def value_apply(self, value_params: Any, obs: Any) -> Array:
+    """obs [..., D] -> V [...]."""
+    if self.value is None:
+      raise ValueError("this agent has no value network (algorithm.adv_type needs none)")
+    return self.value.apply({"params": value_params}, obs)
+
+
+def make_networks(model_config: Any, action_size: int, with_value: bool = True,
+                  policy_encoder: Optional[nn.Module] = None,
+                  value_encoder: Optional[nn.Module] = None) -> ActorCritic:
+  """Builds the agent from ``config.actor.model`` (policy_hidden, value_hidden, activation,
+  init_log_std). Encoders default to :class:`FlatEncoder`."""
+  activation_fn(model_config.activation)  # fail on a bad name before anything traces
+  policy = GaussianPolicy(action_size=int(action_size),
+                          hidden=tuple(int(h) for h in model_config.policy_hidden),
+                          activation=model_config.activation,
+                          init_log_std=float(model_config.init_log_std),
+                          encoder=policy_encoder)
+  value = None
+  if with_value:
+    value = ValueNet(hidden=tuple(int(h) for h in model_config.value_hidden),
+                     activation=model_config.activation, encoder=value_encoder)
+  return ActorCritic(policy=policy, value=value)
+
+
+# --- diagonal Gaussian --------------------------------------------------------------------
+
+def gaussian_log_prob(mean: Array, log_std: Array, x: Array) -> Array:
+  """log N(x; mean, exp(log_std)^2 I), summed over the last axis: [..., A] -> [...]."""
+  z = (x - mean) * jnp.exp(-log_std)
+  return jnp.sum(-0.5 * z * z - log_std - 0.5 * _LOG_2PI, axis=-1)
+
+
+def gaussian_entropy(log_std: Array) -> Array:
+  """Entropy of N(., exp(log_std)^2 I), summed over the last axis: [..., A] -> [...]."""
+  return jnp.sum(log_std + 0.5 * (_LOG_2PI + 1.0), axis=-1)
+
+
+def gaussian_sample(key: Array, mean: Array, log_std: Array) -> Array:
+  """One sample per mean: [..., A] -> [..., A]."""
+  return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)

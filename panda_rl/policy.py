@@ -1,0 +1,118 @@
+"""A trained policy as a plain function, loaded from a checkpoint without the training code.
+
+    import panda_rl
+    policy = panda_rl.load_policy("runs/panda_rl/mujoco_ppo_mlp")   # run dir, checkpoints
+    action = policy(obs)                                            # dir or one step dir
+
+The network is rebuilt from the config JSON saved with the checkpoint, and only the policy
+parameters and the observation normaliser are read from disk; optimizer state, value
+network and env state are never loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _abstract(tree: Any) -> Any:
+  """Saved array metadata -> ShapeDtypeStruct leaves (no sharding: read to host)."""
+  def leaf(m):
+    return jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype))
+
+  return jax.tree.map(leaf, tree, is_leaf=lambda x: hasattr(x, "shape") and
+                      hasattr(x, "dtype"))
+
+
+def make_policy_apply(config: Any, action_size: int, deterministic: bool = True,
+                      ) -> Callable[[Any, Any, Any, Optional[Array]], Array]:
+  """The pure action function of the agent ``config`` describes.
+
+  Returns:
+    ``apply(policy_params, normalizer, obs, key) -> action``: obs [..., D] (or a dict of
+    such) -> action [..., A] in [-1, 1]. Deterministic policies return the Gaussian mean
+    and ignore ``key``; stochastic ones sample with it.
+  """
+  from panda_rl import networks
+  from panda_rl import normalizer as norm_lib
+
+  agent = networks.make_networks(config.actor.model, action_size, with_value=False)
+  normalize = bool(config.algorithm.normalize_obs)
+
+  def apply(policy_params, stats, obs, key=None):
+    if normalize:
+      obs = norm_lib.normalize(stats, obs)
+    mean, log_std = agent.policy_apply(policy_params, obs)
+    if deterministic:
+      action = mean
+    else:
+      if key is None:
+        raise ValueError("a stochastic policy needs a PRNG key: policy(obs, key)")
+      action = networks.gaussian_sample(key, mean, log_std)
+    return jnp.clip(action, -1.0, 1.0)
+
+  return apply
+
+
+def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None,
+                deterministic: bool = True) -> Callable[..., Array]:
+  """Loads a jitted ``obs -> action`` function from a training checkpoint.
+
+  Args:
+    checkpoint_dir: a run directory (``<log_path>/<project>/<experiment>``), its
+      ``checkpoints/`` directory, or one ``checkpoints/<step>`` directory.
+    step: which checkpoint (default: the one named by ``checkpoint_dir`` or the latest
+      complete one).
+    deterministic: True -> the Gaussian mean (evaluation); False -> a sample, and the
+      returned function takes a key: ``policy(obs, key)``.
+
+  Returns:
+    ``policy(obs, key=None) -> action``: obs [..., obs_dim] (one observation or a batch)
+    -> action [..., action_size], clipped to [-1, 1]. The function carries ``.config``
+    (the saved ConfigDict), ``.step`` and ``.action_size`` attributes.
+  """
+  from panda_rl import normalizer as norm_lib
+  from panda_rl.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_path
+  from panda_rl.checkpoint import restore_subtree
+  from panda_rl.config import config_from_dict
+
+  root, named_step = resolve_checkpoint_path(checkpoint_dir)
+  ckpt = Checkpointer(root, read_only=True)
+  try:
+    step = ckpt.resolve_step(step if step is not None else named_step)
+    config = config_from_dict(ckpt.restore_config(step))
+    saved = ckpt.saved_tree(step)
+  finally:
+    ckpt.close()
+  try:
+    target = {"params": {"policy": _abstract(saved["params"]["policy"])},
+              "normalizer": _abstract(saved["normalizer"])}
+  except (KeyError, TypeError) as e:
+    raise CheckpointError(f"Checkpoint {root / str(step)} has no params.policy / normalizer "
+                          f"in its saved state ({e!r}); is it a panda_rl training "
+                          "checkpoint?") from e
+  restored = restore_subtree(root, step, target)
+  policy_params = jax.tree.map(jnp.asarray, restored["params"]["policy"])
+  n = restored["normalizer"]
+  stats = norm_lib.RunningStats(mean=jax.tree.map(jnp.asarray, n["mean"]),
+                                var=jax.tree.map(jnp.asarray, n["var"]),
+                                count=jnp.asarray(n["count"]))
+  action_size = int(policy_params["log_std"].shape[-1])
+  apply = make_policy_apply(config, action_size, deterministic)
+
+  jitted = jax.jit(apply)  # parameters are arguments, not constants baked into the program
+
+  def policy(obs, key=None):
+    return jitted(policy_params, stats, obs, key)
+
+  policy.config = config
+  policy.step = step
+  policy.action_size = action_size
+  policy.deterministic = deterministic
+  return policy

@@ -1,0 +1,413 @@
+"""The training library: ``Trainer`` (init / train_iteration / evaluate / policy_fn) and ``train``.
+
+One training iteration is one jitted program (:meth:`Trainer.train_iteration`):
+
+    rollout (lax.scan over T steps of B auto-resetting envs)
+    -> advantages (GAE over [T, B]; selected by ``algorithm.adv_type``)
+    -> observation-normaliser update
+    -> update_epochs x num_minibatches gradient steps (nested lax.scan)
+    -> metrics (dict of scalars named in :mod:`panda_rl.metrics`)
+
+The CLI (``python -m panda_rl.train``) adds logging, evaluation cadence and checkpoints on
+top; notebooks call :func:`train` or :meth:`Trainer.make_train` directly.
+
+Observation normalisation: the rollout acts on obs normalised with the statistics at the
+start of the iteration, and the update trains on the same normalised obs, so PPO's ratio is
+exactly 1 at the first minibatch. The statistics absorb the iteration's raw obs afterwards
+and take effect from the next rollout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import panda_rl
+from panda_rl import metrics as M
+from panda_rl import normalizer as obs_norm
+from panda_rl import rollout as rollout_lib
+from panda_rl.agents import gae as gae_lib
+from panda_rl.agents import ppo as ppo_lib
+from panda_rl.agents import sgd
+from panda_rl.envs.base import AutoResetWrapper, EnvState
+from panda_rl.networks import (ActorCritic, activation_fn, gaussian_log_prob,
+                               gaussian_sample, make_networks)
+
+Array = jax.Array
+ADV_TYPES = ("gae", "grpo")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+# A safety cap for evaluation's while_loop, in env steps, should an env never end.
+MAX_EVAL_STEPS = 100_000
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The whole training state; a pytree orbax can save and restore.
+
+  Attributes:
+    params: ``{"policy": ..., "value": ...}`` (no "value" for value-free algorithms).
+    opt_state: optax state of the optimiser over ``params``.
+    normalizer: :class:`panda_rl.normalizer.RunningStats` of the observations.
+    env_state: [B] batched training env state (auto-resetting).
+    key: PRNG key for the next iteration.
+    iteration: [] int32, training iterations done.
+    env_steps: [] int32, env steps collected so far (B * T per iteration; int32 because
+      JAX runs without 64-bit types by default: exact up to 2.1e9 steps).
+  """
+
+  params: Any
+  opt_state: Any
+  normalizer: Any
+  env_state: EnvState
+  key: Array
+  iteration: Array
+  env_steps: Array
+
+
+# --- configuration ------------------------------------------------------------------------
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields the training library consumes; raises ValueError listing problems.
+
+  Raises:
+    NotImplementedError: for ``algorithm.adv_type == "grpo"`` (not available yet).
+  """
+  errors: List[str] = []
+
+  def need(ok: bool, msg: str) -> None:
+    if not ok:
+      errors.append(msg)
+
+  def pos_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1
+
+  alg, optim, model = config.algorithm, config.actor.optim, config.actor.model
+  num_envs, num_steps = config.env.train.num_envs, config.rollout.num_steps
+  need(alg.adv_type in ADV_TYPES,
+       f"algorithm.adv_type must be one of {ADV_TYPES}, got {alg.adv_type!r}")
+  for name, value in (("env.train.num_envs", num_envs), ("rollout.num_steps", num_steps),
+                      ("env.eval.num_envs", config.env.eval.num_envs),
+                      ("algorithm.update_epochs", alg.update_epochs),
+                      ("algorithm.num_minibatches", alg.num_minibatches)):
+    need(pos_int(value), f"{name} must be an int >= 1, got {value!r}")
+  if pos_int(num_envs) and pos_int(num_steps) and pos_int(alg.num_minibatches):
+    need((num_envs * num_steps) % alg.num_minibatches == 0,
+         f"env.train.num_envs * rollout.num_steps = {num_envs} * {num_steps} = "
+         f"{num_envs * num_steps} samples per iteration must be divisible by "
+         f"algorithm.num_minibatches = {alg.num_minibatches}")
+  need(0.0 < alg.gamma <= 1.0, f"algorithm.gamma must be in (0, 1], got {alg.gamma}")
+  need(0.0 <= alg.gae_lambda <= 1.0,
+       f"algorithm.gae_lambda must be in [0, 1], got {alg.gae_lambda}")
+  need(alg.clip_ratio > 0.0, f"algorithm.clip_ratio must be > 0, got {alg.clip_ratio}")
+  need(alg.entropy_coef >= 0.0, f"algorithm.entropy_coef must be >= 0, got {alg.entropy_coef}")
+  need(alg.value_coef >= 0.0, f"algorithm.value_coef must be >= 0, got {alg.value_coef}")
+  need(optim.lr > 0.0, f"actor.optim.lr must be > 0, got {optim.lr}")
+  need(optim.lr_schedule in LR_SCHEDULES,
+       f"actor.optim.lr_schedule must be one of {LR_SCHEDULES}, got {optim.lr_schedule!r}")
+  need(pos_int(config.runner.max_epochs),
+       f"runner.max_epochs must be an int >= 1, got {config.runner.max_epochs!r}")
+  try:
+    activation_fn(model.activation)
+  except ValueError as e:
+    errors.append(f"actor.model.activation: {e}")
+  if errors:
+    raise ValueError("Invalid training config:\n  " + "\n  ".join(errors))
+  if alg.adv_type == "grpo":
+    raise NotImplementedError(
+        "algorithm.adv_type='grpo' is not implemented yet (issue 5); use adv_type='gae' (PPO)")
+
+
+def make_lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Learning rate per optimiser update, decaying to 0 over ``runner.max_epochs`` iterations."""
+  optim, alg = config.actor.optim, config.algorithm
+  total = max(1, config.runner.max_epochs * alg.update_epochs * alg.num_minibatches)
+  if optim.lr_schedule == "constant":
+    return optax.constant_schedule(optim.lr)
+  if optim.lr_schedule == "linear":
+    return optax.linear_schedule(optim.lr, 0.0, total)
+  if optim.lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(optim.lr, total)
+  raise ValueError(f"unknown actor.optim.lr_schedule {optim.lr_schedule!r}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Global-norm clip (if ``max_grad_norm > 0``) then Adam with the schedule."""
+  optim = config.actor.optim
+  adam = optax.adam(schedule, eps=optim.adam_eps)
+  if optim.max_grad_norm and optim.max_grad_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), adam)
+  return adam
+
+
+def _env_settings(section: ml_collections.ConfigDict,
+                  fallback: ml_collections.ConfigDict) -> Tuple[str, Dict[str, Any]]:
+  """(env_id, overrides) of an env section; eval falls back to the train env's."""
+  env_id = section.get("env_id", None) or fallback.env_id
+  overrides = section.get("overrides", None)
+  if overrides is None:
+    overrides = fallback.get("overrides", None)
+  if isinstance(overrides, ml_collections.ConfigDict):
+    overrides = overrides.to_dict()
+  return env_id, dict(overrides or {})
+
+
+# --- the trainer --------------------------------------------------------------------------
+
+class Trainer:
+  """Builds envs, networks and optimiser from a config; owns the jitted programs.
+
+  Attributes:
+    env: the batched (``env.train.num_envs``) auto-resetting training env.
+    eval_env: the batched (``env.eval.num_envs``) evaluation env.
+    networks: :class:`~panda_rl.networks.ActorCritic` (no value net for value-free algos).
+    optimizer, lr_schedule: optax objects.
+    steps_per_iteration: env steps per training iteration (num_envs * num_steps).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    validate_config(config)
+    self.config = config
+    alg = config.algorithm
+    self.adv_type = alg.adv_type
+    self.num_steps = int(config.rollout.num_steps)
+    self.normalize_obs = bool(alg.normalize_obs)
+    self.update_epochs = int(alg.update_epochs)
+    self.num_minibatches = int(alg.num_minibatches)
+    self.updates_per_iteration = self.update_epochs * self.num_minibatches
+
+    train_id, train_over = _env_settings(config.env.train, config.env.train)
+    eval_id, eval_over = _env_settings(config.env.eval, config.env.train)
+    self.env = AutoResetWrapper(panda_rl.make(train_id, **train_over),
+                                int(config.env.train.num_envs))
+    self.eval_env = AutoResetWrapper(panda_rl.make(eval_id, **eval_over),
+                                     int(config.env.eval.num_envs))
+    self.steps_per_iteration = self.env.num_envs * self.num_steps
+    self._check_envs()
+
+    # The value net exists only for algorithms whose advantages need it.
+    self.networks: ActorCritic = make_networks(config.actor.model, self.env.action_size,
+                                               with_value=self.adv_type == "gae")
+    self.lr_schedule = make_lr_schedule(config)
+    self.optimizer = make_optimizer(config, self.lr_schedule)
+    self._loss_hparams = dict(clip_ratio=float(alg.clip_ratio),
+                              value_clip=float(alg.value_clip),
+                              value_coef=float(alg.value_coef),
+                              entropy_coef=float(alg.entropy_coef),
+                              normalize_advantages=bool(alg.normalize_advantages))
+    # Read once here, so that later edits of the (mutable) config cannot desynchronise
+    # the traced programs from the values they were compiled with.
+    self._gae_hparams = dict(gamma=float(alg.gamma), gae_lambda=float(alg.gae_lambda))
+    self._reward_scale = float(alg.reward_scale)
+
+    self._init = jax.jit(self._init_impl)
+    # The state is donated: its buffers (env state, params, optimiser state) are reused
+    # for the new state, so a caller must not use the old state after the call.
+    self._train_iteration = jax.jit(self.iteration_fn, donate_argnums=0)
+    self._evaluate = jax.jit(self._evaluate_impl)
+
+  def _check_envs(self) -> None:
+    obs_t = jax.eval_shape(self.env.unwrapped.reset, jax.random.PRNGKey(0)).obs
+    eval_obs_t = jax.eval_shape(self.eval_env.unwrapped.reset, jax.random.PRNGKey(0)).obs
+    same = (jax.tree.structure(obs_t) == jax.tree.structure(eval_obs_t) and all(
+        a.shape == b.shape and a.dtype == b.dtype
+        for a, b in zip(jax.tree.leaves(obs_t), jax.tree.leaves(eval_obs_t))))
+    if not same or self.env.action_size != self.eval_env.action_size:
+      raise ValueError("the evaluation env's observations/actions do not match the "
+                       f"training env's: obs {eval_obs_t} vs {obs_t}, action size "
+                       f"{self.eval_env.action_size} vs {self.env.action_size}")
+    self._obs_spec = obs_t
+
+  # -- state ---------------------------------------------------------------------------
+
+  def init(self, key: Array) -> TrainState:
+    """Fresh training state: reset envs, initialise parameters, optimiser and normaliser."""
+    return self._init(key)
+
+  def _init_impl(self, key: Array) -> TrainState:
+    k_env, k_params, k_next = jax.random.split(key, 3)
+    env_state = self.env.reset(k_env)
+    params = self.networks.init(k_params, self._obs_spec_zeros())
+    return TrainState(params=params, opt_state=self.optimizer.init(params),
+                      normalizer=obs_norm.init(self._obs_spec), env_state=env_state,
+                      key=k_next, iteration=jnp.zeros((), jnp.int32),
+                      env_steps=jnp.zeros((), jnp.int32))
+
+  def _obs_spec_zeros(self) -> Any:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._obs_spec)
+
+  # -- acting --------------------------------------------------------------------------
+
+  def _prepare_obs(self, normalizer: obs_norm.RunningStats, obs: Any) -> Any:
+    return obs_norm.normalize(normalizer, obs) if self.normalize_obs else obs
+
+  def policy_fn(self, params: Any, normalizer: Any,
+                deterministic: bool = True) -> Callable[[Any, Optional[Array]], Array]:
+    """A pure ``(obs, key) -> action`` function (jittable; any leading batch shape).
+
+    Observations are raw env observations; actions are clipped to [-1, 1]. With
+    ``deterministic`` the Gaussian's mean is returned and ``key`` may be None.
+    """
+
+    def act(obs: Any, key: Optional[Array] = None) -> Array:
+      mean, log_std = self.networks.policy_apply(params["policy"],
+                                                 self._prepare_obs(normalizer, obs))
+      action = mean if deterministic else gaussian_sample(key, mean, log_std)
+      return jnp.clip(action, -1.0, 1.0)
+
+    return act
+
+  def make_inference_fn(self, state: TrainState, deterministic: bool = True
+                        ) -> Callable[[Any, Optional[Array]], Array]:
+    """Jitted ``(obs, key) -> action`` from a training state (parameters copied, so the
+    function stays valid after ``state`` is donated to further training)."""
+    params, normalizer = jax.tree.map(jnp.copy, (state.params, state.normalizer))
+    return jax.jit(self.policy_fn(params, normalizer, deterministic))
+
+  def _rollout_fns(self, params: Any, normalizer: Any):
+    """act_fn and value_fn for :func:`panda_rl.rollout.collect`."""
+    has_value = self.networks.value is not None
+
+    def act(obs, key):
+      x = self._prepare_obs(normalizer, obs)
+      mean, log_std = self.networks.policy_apply(params["policy"], x)
+      action = gaussian_sample(key, mean, log_std)
+      log_prob = gaussian_log_prob(mean, log_std, action)
+      value = (self.networks.value_apply(params["value"], x) if has_value
+               else jnp.zeros(log_prob.shape, jnp.float32))
+      return action, log_prob, value
+
+    def value(obs):
+      return self.networks.value_apply(params["value"], self._prepare_obs(normalizer, obs))
+
+    return act, (value if has_value else None)
+
+  # -- the training iteration ----------------------------------------------------------
+
+  def _advantages(self, traj: rollout_lib.Transition) -> Tuple[Array, Array]:
+    """(advantages [T, B], returns [T, B]) by ``algorithm.adv_type``."""
+    if self.adv_type == "gae":
+      return gae_lib.compute_gae(traj.reward * self._reward_scale, traj.value,
+                                 traj.bootstrap_value, traj.terminated, traj.truncated,
+                                 **self._gae_hparams)
+    raise NotImplementedError(f"advantages for adv_type={self.adv_type!r}")
+
+  def _loss_fn(self, params, batch, key):
+    if self.adv_type == "gae":
+      return ppo_lib.ppo_loss(params, self.networks, batch, key, **self._loss_hparams)
+    raise NotImplementedError(f"loss for adv_type={self.adv_type!r}")
+
+  def iteration_fn(self, state: TrainState) -> Tuple[TrainState, Dict[str, Array]]:
+    """The pure, unjitted training iteration (see :meth:`train_iteration`)."""
+    key, k_rollout, k_update = jax.random.split(state.key, 3)
+    act_fn, value_fn = self._rollout_fns(state.params, state.normalizer)
+    env_state, traj = rollout_lib.collect(self.env, state.env_state, k_rollout,
+                                          self.num_steps, act_fn, value_fn)
+    advantages, returns = self._advantages(traj)
+
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [T, B, ...] -> [T * B, ...]
+    batch = ppo_lib.PPOBatch(
+        obs=jax.tree.map(flat, self._prepare_obs(state.normalizer, traj.obs)),
+        actions=flat(traj.action), old_log_prob=flat(traj.log_prob),
+        old_values=flat(traj.value), advantages=flat(advantages), returns=flat(returns))
+    normalizer = (obs_norm.update(state.normalizer, traj.obs) if self.normalize_obs
+                  else state.normalizer)
+
+    params, opt_state, train_metrics = sgd.minibatch_epochs(
+        self._loss_fn, self.optimizer, self.lr_schedule, state.params, state.opt_state,
+        batch, k_update, num_epochs=self.update_epochs, num_minibatches=self.num_minibatches,
+        first_update=state.iteration * self.updates_per_iteration)
+
+    metrics = dict(train_metrics)
+    metrics.update(M.rollout_metrics(traj.reward, advantages))
+    metrics.update(M.episode_metrics(traj.done, traj.episode))
+    new_state = TrainState(params=params, opt_state=opt_state, normalizer=normalizer,
+                           env_state=env_state, key=key, iteration=state.iteration + 1,
+                           env_steps=state.env_steps + self.steps_per_iteration)
+    return new_state, metrics
+
+  def train_iteration(self, state: TrainState) -> Tuple[TrainState, Dict[str, Array]]:
+    """One jitted iteration: rollout, advantages, all epochs x minibatches, metrics.
+
+    ``state`` is donated: do not use it after the call (use the returned state).
+    Returns (new state, dict of [] metrics named in :data:`panda_rl.metrics.ITERATION_METRICS`).
+    """
+    return self._train_iteration(state)
+
+  def make_train(self, num_iterations: int) -> Callable[[Array], Tuple[TrainState, Any]]:
+    """A pure ``key -> (final state, metrics stacked over iterations)`` for the whole run.
+
+    purejaxrl-style: ``jax.jit(trainer.make_train(n))(key)``, or ``jax.vmap`` it over keys
+    to train several seeds at once.
+    """
+
+    def run(key):
+      state = self._init_impl(key)
+      return jax.lax.scan(lambda s, _: self.iteration_fn(s), state, None,
+                          length=num_iterations)
+
+    return run
+
+  # -- evaluation ----------------------------------------------------------------------
+
+  def evaluate(self, state: TrainState, key: Array) -> Dict[str, Array]:
+    """One deterministic (mean-action) episode on each of the ``env.eval.num_envs`` envs.
+
+    Returns ``{"eval/success_once", "eval/return", "eval/episode_len"}``, means over the
+    episodes ([] arrays). Jitted; ``state`` is only read.
+    """
+    return self._evaluate(state.params, state.normalizer, key)
+
+  def _evaluate_impl(self, params: Any, normalizer: Any, key: Array) -> Dict[str, Array]:
+    policy = self.policy_fn(params, normalizer, deterministic=True)
+    # The unwrapped batch is stepped directly: one episode per env needs no auto-reset,
+    # which keeps a reset out of every step (compile time and run time).
+    env, num_envs = self.eval_env.env, self.eval_env.num_envs
+    step = jax.vmap(env.step)
+    env_state = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    zeros = jnp.zeros((num_envs,), jnp.float32)
+    init = (env_state, jnp.ones((num_envs,), bool), zeros, zeros, zeros,
+            jnp.zeros((), jnp.int32))
+
+    def cond(carry):
+      _, active, _, _, _, t = carry
+      return jnp.any(active) & (t < MAX_EVAL_STEPS)
+
+    def body(carry):
+      env_state, active, ret, length, success, t = carry
+      env_state = step(env_state, policy(env_state.obs))
+      # Envs whose episode already ended keep stepping (a batch steps together) but no
+      # longer count.
+      live = active.astype(jnp.float32)
+      ret = ret + live * env_state.reward
+      length = length + live
+      ok = env_state.metrics.get("success", zeros)
+      success = jnp.maximum(success, live * (ok > 0).astype(jnp.float32))
+      return env_state, active & (env_state.done < 0.5), ret, length, success, t + 1
+
+    _, _, ret, length, success, _ = jax.lax.while_loop(cond, body, init)
+    return {M.EVAL_SUCCESS_ONCE: jnp.mean(success), M.EVAL_RETURN: jnp.mean(ret),
+            M.EVAL_EPISODE_LEN: jnp.mean(length)}
+
+
+def train(config: ml_collections.ConfigDict, num_iterations: Optional[int] = None
+          ) -> Tuple[TrainState, List[Dict[str, float]]]:
+  """Trains ``num_iterations`` (default ``runner.max_epochs``) iterations; no logging.
+
+  Returns:
+    (final TrainState, per-iteration metrics as dicts of Python floats).
+  """
+  trainer = Trainer(config)
+  state = trainer.init(jax.random.PRNGKey(config.runner.seed))
+  n = config.runner.max_epochs if num_iterations is None else int(num_iterations)
+  history = []
+  for _ in range(n):
+    state, metrics = trainer.train_iteration(state)
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return state, history
