@@ -1,7 +1,7 @@
 """Renderer-only benchmark: images/s and ms per frame at several resolutions and batches.
 
     python scripts/benchmark_render.py --sizes 64 128 --batch 16 32 64 --json render.json
-    python scripts/benchmark_render.py --baseline   # also time mjx.ray per pixel (slow)
+    python scripts/benchmark_render.py --baseline 64   # also time mjx.ray per pixel (slow)
 
 Prints a markdown table and writes the rows as JSON. The function behind it,
 ``panda_rl.render.benchmark.benchmark_renderer``, is what other benchmarks call. A watchdog
@@ -29,27 +29,27 @@ def main(argv=None):
   p.add_argument("--batch", nargs="+", type=int, default=[16, 32, 64])
   p.add_argument("--outputs", nargs="+", default=["rgb"])
   p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--max-candidates", type=int, default=None,
-                 help="override the renderer's candidates per tile and geom type")
-  p.add_argument("--baseline", action="store_true", help="also time mjx.ray per pixel")
+  p.add_argument("--max-candidates", default="auto",
+                 help="candidates per tile and geom type: an int, 'none' or 'auto'")
+  p.add_argument("--baseline", nargs="*", type=int, default=[],
+                 help="also time mjx.ray per pixel at these sizes")
   p.add_argument("--json", default="", help="write the rows here")
   p.add_argument("--timeout", type=float, default=1800, help="watchdog, seconds")
   args = p.parse_args(argv)
 
   faulthandler.dump_traceback_later(args.timeout, exit=True)  # hang -> traceback, exit
-  kwargs = {}
-  if args.max_candidates is not None:
-    kwargs["max_candidates"] = args.max_candidates
+  mc = args.max_candidates
+  mc = None if mc == "none" else (mc if mc == "auto" else int(mc))
   rows = benchmark.benchmark_renderer(args.model, args.cameras, args.sizes, args.batch,
-                                      args.outputs, args.repeats, baseline=args.baseline,
-                                      **kwargs)
+                                      args.outputs, args.repeats,
+                                      baseline_sizes=args.baseline, max_candidates=mc)
   faulthandler.cancel_dump_traceback_later()
   print(f"# renderer benchmark: {platform.processor() or platform.machine()}, "
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}, outputs {args.outputs}")
   print(benchmark.format_table(rows))
   if args.json:
     meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "outputs": args.outputs, "cameras": args.cameras}
+            "outputs": args.outputs, "cameras": args.cameras, "max_candidates": mc}
     with open(args.json, "w") as f:
       json.dump({"meta": meta, "rows": rows}, f, indent=1)
   return 0

@@ -49,13 +49,10 @@ class Tiling:
   Attributes:
     dirs: [3, T, P] float32 camera-frame unit ray direction of each tile pixel (P pixels per
       tile); padded pixels repeat the nearest image pixel and are cropped away.
-    bounds: [4, T] float32 per-tile (x_min, x_max, y_min, y_max) of the pixel-centre tangent
-      coordinates: every ray of the tile passes through this rectangle of the z = -1 plane.
     height, width, tile_h, tile_w, tiles_y, tiles_x: the geometry of the tiling.
   """
 
   dirs: np.ndarray
-  bounds: np.ndarray
   height: int
   width: int
   tile_h: int
@@ -87,7 +84,6 @@ def make_tiling(height: int, width: int, fovy_deg: float, tile_h: int, tile_w: i
   tile_h, tile_w = min(tile_h, height), min(tile_w, width)
   ty, tx = -(-height // tile_h), -(-width // tile_w)
   d = pixel_directions(height, width, fovy_deg)  # [H, W, 3]
-  x, y = pixel_tangents(height, width, fovy_deg)
   rows = np.minimum(np.arange(ty * tile_h), height - 1)
   cols = np.minimum(np.arange(tx * tile_w), width - 1)
 
@@ -98,7 +94,5 @@ def make_tiling(height: int, width: int, fovy_deg: float, tile_h: int, tile_w: i
     return a.reshape((ty * tx, tile_h * tile_w) + a.shape[4:])
 
   dirs = np.moveaxis(tiles(d), -1, 0).astype(np.float32)  # [3, T, P]
-  xt, yt = tiles(x), tiles(y)
-  bounds = np.stack([xt.min(1), xt.max(1), yt.min(1), yt.max(1)]).astype(np.float32)
-  return Tiling(dirs=dirs, bounds=bounds, height=height, width=width, tile_h=tile_h,
+  return Tiling(dirs=dirs, height=height, width=width, tile_h=tile_h,
                 tile_w=tile_w, tiles_y=ty, tiles_x=tx)

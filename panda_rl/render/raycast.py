@@ -10,8 +10,9 @@ All rays of a camera share one origin, so everything that depends only on (camer
 computed once per geom by ``*_params`` (a [G, F] table, F columns per type) and the per-ray work
 is the arithmetic in ``*_hit``. The hit routines take the columns of that table as a tuple of
 arrays broadcastable against the ray directions ``u = (ux, uy, uz)``, which are *camera-frame*
-unit vectors: the geom-local ray direction is ``M u`` with ``M = R_geom^T R_cam`` (9 FMAs), and
-no per-ray world-frame transform is ever formed. Shapes are free: the renderer uses geoms
+unit vectors (compile-time constants): boxes, cylinders, ellipsoids and planes use the
+geom-local direction ``M u`` with ``M = R_geom^T R_cam`` (9 FMAs), spheres and capsules work in
+the camera frame directly; no per-ray world-frame transform is ever formed. Shapes are free: the renderer uses geoms
 [T, K, 1] against rays [T, 1, P] (tiles x candidates x pixels).
 
 Written for XLA:CPU's fusion pass: divisions are reciprocals ``1 / x`` times a product, never
@@ -255,48 +256,3 @@ HIT = {
     scene_lib.CYLINDER: cylinder_hit,
     scene_lib.BOX: box_hit,
 }
-
-
-# ---------------------------------------------------------------- normals
-
-def local_normal(geom_type, size, q):
-  """Outward surface normal (not normalised) at a local surface point, any geom type.
-
-  Structure-of-arrays: every argument is a tuple of same-shape arrays (components).
-
-  Args:
-    geom_type: [...] int32 mjtGeom codes. size: (sx, sy, sz). q: (qx, qy, qz) local points.
-  Returns:
-    (nx, ny, nz), never all zero for points on the surface.
-  """
-  qx, qy, qz = q
-  sx, sy, sz = size
-  zero = jnp.zeros_like(qx)
-  # capsule: away from the nearest point of the axis segment (r = sx, h = sy)
-  cap_z = qz - jnp.clip(qz, -sy, sy)
-  # cylinder: the flat end or the round side, whichever the point is closer to
-  on_end = (jnp.abs(qz) - sy) > (jnp.sqrt(qx * qx + qy * qy) - sx)
-  # box: the face whose slab the point lies on (largest |q_i| - size_i)
-  ex, ey, ez = jnp.abs(qx) - sx, jnp.abs(qy) - sy, jnp.abs(qz) - sz
-  on_x = (ex >= ey) & (ex >= ez)
-  on_y = ~on_x & (ey >= ez)
-  on_z = ~on_x & ~on_y
-  is_ = lambda t: geom_type == t  # noqa: E731
-  box = is_(scene_lib.BOX)
-  cyl = is_(scene_lib.CYLINDER)
-  ell = is_(scene_lib.ELLIPSOID)
-  plane = is_(scene_lib.PLANE)
-  cyl_end = cyl & on_end
-  # sphere (and the default): q itself
-  nx = jnp.where(box & ~on_x, zero, qx)
-  nx = jnp.where(ell, qx / (sx * sx), nx)
-  nx = jnp.where(plane | cyl_end, zero, nx)
-  ny = jnp.where(box & ~on_y, zero, qy)
-  ny = jnp.where(ell, qy / (sy * sy), ny)
-  ny = jnp.where(plane | cyl_end, zero, ny)
-  nz = jnp.where(is_(scene_lib.CAPSULE), cap_z, qz)
-  nz = jnp.where(box & ~on_z, zero, nz)
-  nz = jnp.where(ell, qz / (sz * sz), nz)
-  nz = jnp.where(cyl & ~on_end, zero, nz)
-  nz = jnp.where(plane, jnp.ones_like(qz), nz)
-  return nx, ny, nz

@@ -88,7 +88,6 @@ class Scene:
     size: [V, 3] float32 geom_size.
     rgb: [V, 3] float32 base colour (material colour when the geom uses it).
     emission, specular, shininess: [V] float32 material terms (MuJoCo defaults without one).
-    half_extent: [V, 3] float32 half sizes of the geom's local bounding box (planes: 0).
     cameras: name -> CameraSpec.
     lights: the model's active lights.
     headlight: (ambient[3], diffuse[3], specular[3]) or None when the headlight is off.
@@ -101,7 +100,6 @@ class Scene:
   emission: np.ndarray
   specular: np.ndarray
   shininess: np.ndarray
-  half_extent: np.ndarray
   cameras: Dict[str, CameraSpec]
   lights: LightSpec
   headlight: Tuple[np.ndarray, np.ndarray, np.ndarray] | None
@@ -129,20 +127,6 @@ def visible_geoms(m: mujoco.MjModel, geom_groups: Sequence[int] | None) -> np.nd
         continue
     ids.append(i)
   return np.asarray(ids, np.int32)
-
-
-def _half_extent(geom_type: int, size: np.ndarray) -> np.ndarray:
-  """Half sizes of the local bounding box that contains the geom."""
-  r, h = size[0], size[1]
-  if geom_type == SPHERE:
-    return np.array([r, r, r])
-  if geom_type == CAPSULE:
-    return np.array([r, r, h + r])
-  if geom_type == CYLINDER:
-    return np.array([r, r, h])
-  if geom_type in (BOX, ELLIPSOID):
-    return np.array(size[:3])
-  return np.zeros(3)  # planes are never culled
 
 
 def _cameras(m: mujoco.MjModel, names: Sequence[str]) -> Dict[str, CameraSpec]:
@@ -229,8 +213,6 @@ def build_scene(m: mujoco.MjModel, camera_names: Sequence[str],
       specular.append(_DEFAULT_SPECULAR)
       shininess.append(_DEFAULT_SHININESS)
 
-  half = np.stack([_half_extent(t, s) for t, s in zip(types, size)]) if len(vis) else (
-      np.zeros((0, 3)))
   headlight = None
   if use_headlight and m.vis.headlight.active:
     hl = m.vis.headlight
@@ -247,7 +229,6 @@ def build_scene(m: mujoco.MjModel, camera_names: Sequence[str],
       emission=np.asarray(emission, np.float32),
       specular=np.asarray(specular, np.float32),
       shininess=np.asarray(shininess, np.float32),
-      half_extent=np.asarray(half, np.float32).reshape(-1, 3),
       cameras=_cameras(m, camera_names),
       lights=lights,
       headlight=headlight,
