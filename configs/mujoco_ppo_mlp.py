@@ -13,10 +13,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.cluster = ml_collections.ConfigDict()
   c.cluster.num_nodes = 1  # processes (hosts) in the run; >1 starts jax.distributed
   # Where components run: "group:range;group:range", groups of env/rollout/actor joined by
-  # ",", ranges as "all", "3" or "0-3" (global device ids).
+  # ",", ranges as "all", "3" or "0-3" (global device ids, jax.devices() order); e.g.
+  # "env:0-3;rollout:4-7;actor:8-15". See docs/placement.md.
   c.cluster.component_placement = "env,rollout,actor:all"
-  c.cluster.coordinator_address = ""  # host:port of process 0 (multi-host); "" = from env
-  c.cluster.process_id = -1  # this process's id (multi-host); -1 = from env
+  c.cluster.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS
+  c.cluster.process_id = -1  # this process's id (multi-host); -1 = $JAX_PROCESS_ID / auto
 
   c.env = ml_collections.ConfigDict()
   c.env.train = ml_collections.ConfigDict()

@@ -330,7 +330,9 @@ def _drop_empty(tree: Any) -> Any:
 
 def _refill(target: Any, x: Any) -> Any:
   if _is_empty(target):
-    return jax.numpy.zeros(target.shape, target.dtype)
+    zeros = jax.numpy.zeros(target.shape, target.dtype)
+    sharding = getattr(target, "sharding", None)  # a placed state: put it where it belongs
+    return jax.device_put(zeros, sharding) if sharding is not None else zeros
   return _like_fresh(target, x)
 
 

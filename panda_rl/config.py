@@ -35,6 +35,7 @@ RESUME_FREE_FIELDS = (
     "runner.logger",
     "env.eval",
     "cluster",
+    "rollout.pipeline_stage_num",  # placement and stages change where, not what, is computed
 )
 
 

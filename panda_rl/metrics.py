@@ -1,10 +1,11 @@
 """The one place that names the training metrics and defines what each number means.
 
 Every metric a training iteration reports is a key of :data:`DEFINITIONS`; the code that
-computes them (``agents/ppo.py``, ``agents/sgd.py``, :func:`rollout_metrics`,
-:func:`episode_metrics`, ``Trainer.evaluate``) uses the constants below, never a string
-literal, so a rename happens here or nowhere. Loggers, the CLI smoke test and the docs read
-:data:`ITERATION_METRICS` / :data:`EVAL_METRICS`.
+computes them (``agents/ppo.py``, ``agents/grpo.py``, ``agents/sgd.py``,
+:func:`rollout_metrics`, :func:`episode_metrics`, ``Trainer.evaluate``) uses the constants
+below, never a string literal, so a rename happens here or nowhere. Loggers, the CLI smoke
+test and the docs read :func:`iteration_metrics` (:data:`ITERATION_METRICS` for PPO,
+:data:`GRPO_ITERATION_METRICS` for GRPO, which has no critic) / :data:`EVAL_METRICS`.
 
 Conventions: ``train/*`` values are means over all minibatch updates of one iteration
 (``update_epochs x num_minibatches`` of them); ``rollout/*`` values are over the iteration's
@@ -15,7 +16,7 @@ NaN rather than 0 so curves show a gap, not a fake zero).
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ CLIPPED_RATIO = "train/actor/clipped_ratio"
 GRAD_NORM = "train/actor/grad_norm"
 LR = "train/actor/lr"
 POLICY_LOSS = "train/actor/policy_loss"
+REF_KL = "train/actor/ref_kl"
 VALUE_LOSS = "train/critic/value_loss"
 VALUE_CLIP_RATIO = "train/critic/value_clip_ratio"
 EXPLAINED_VARIANCE = "train/critic/explained_variance"
@@ -39,6 +41,10 @@ ADVANTAGES_MAX = "rollout/advantages_max"
 ADVANTAGES_MEAN = "rollout/advantages_mean"
 ADVANTAGES_MIN = "rollout/advantages_min"
 REWARDS = "rollout/rewards"
+# --- rollout/ of GRPO: the groups' rounds that completed during the rollout ------------------
+GROUP_RETURN_STD = "rollout/group_return_std"
+ZERO_SPREAD_GROUPS = "rollout/zero_spread_groups"
+VALID_FRACTION = "rollout/valid_fraction"
 # --- env/: episodes that completed during the rollout ---------------------------------------
 EPISODE_LEN = "env/episode_len"
 RETURN = "env/return"
@@ -60,7 +66,12 @@ DEFINITIONS: Dict[str, str] = {
                "value), before gradient-norm clipping.",
     LR: "learning rate the optimiser applied at the update (from actor.optim.lr_schedule).",
     POLICY_LOSS: "mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))) with A the "
-                 "(per-minibatch standardised, if enabled) advantages.",
+                 "(per-minibatch standardised, if enabled) advantages. GRPO: the mean is over "
+                 "the minibatch's valid samples (rollout/valid_fraction), A the group "
+                 "advantages.",
+    REF_KL: "GRPO: mean over the minibatch's valid samples of the exact KL(pi(.|s) || "
+            "pi_ref(.|s)) between the current policy's and the frozen reference policy's "
+            "diagonal Gaussians (closed form, nats); pi_ref = the initial policy.",
     VALUE_LOSS: "0.5 * mean(max((V - R)^2, (V_clip - R)^2)), V_clip = V_old + clip(V - V_old, "
                 "-value_clip, value_clip); 0.5 * mean((V - R)^2) when value_clip <= 0. "
                 "R = GAE returns (advantages + V_old).",
@@ -69,12 +80,24 @@ DEFINITIONS: Dict[str, str] = {
     EXPLAINED_VARIANCE: "1 - Var(R - V) / Var(R) over the minibatch, V the current value "
                         "prediction (1 = perfect, 0 = as good as a constant, < 0 worse).",
     ENTROPY_LOSS: "mean entropy of the current policy's Gaussian (nats, summed over action "
-                  "dims); train/loss subtracts entropy_coef times it.",
-    LOSS: "policy_loss + value_coef * value_loss - entropy_coef * entropy_loss.",
-    ADVANTAGES_MAX: "max of the raw (unstandardised) advantages over the rollout [T, B].",
-    ADVANTAGES_MEAN: "mean of the raw (unstandardised) advantages over the rollout [T, B].",
-    ADVANTAGES_MIN: "min of the raw (unstandardised) advantages over the rollout [T, B].",
-    REWARDS: "mean env reward per step over the rollout [T, B] (before algorithm.reward_scale).",
+                  "dims; GRPO: over valid samples); train/loss subtracts entropy_coef times it.",
+    LOSS: "PPO: policy_loss + value_coef * value_loss - entropy_coef * entropy_loss. GRPO: "
+          "policy_loss + kl_beta * ref_kl - entropy_coef * entropy_loss.",
+    ADVANTAGES_MAX: "max of the raw (unstandardised) advantages over the rollout [T, B] "
+                    "(GRPO: over the valid steps).",
+    ADVANTAGES_MEAN: "mean of the raw (unstandardised) advantages over the rollout [T, B] "
+                     "(GRPO: over the valid steps).",
+    ADVANTAGES_MIN: "min of the raw (unstandardised) advantages over the rollout [T, B] "
+                    "(GRPO: over the valid steps).",
+    REWARDS: "mean env reward per step over the rollout [T, B] (before algorithm.reward_scale; "
+             "GRPO: over the steps envs really took, not those spent waiting for the group).",
+    GROUP_RETURN_STD: "GRPO: mean over the group rounds that completed in the rollout of the "
+                      "standard deviation (ddof 0) of the G members' episode returns.",
+    ZERO_SPREAD_GROUPS: "GRPO: share of the group rounds that completed in the rollout whose "
+                        "G returns are all equal (max == min): their advantages are all 0.",
+    VALID_FRACTION: "GRPO: share of the rollout's [T, B] steps that enter the loss: steps "
+                    "envs really took (not waiting for their group) in episodes whose group "
+                    "round completed within the rollout.",
     EPISODE_LEN: "mean length (env steps) of the episodes that completed in the rollout.",
     RETURN: "mean undiscounted return of the episodes that completed in the rollout.",
     REWARD: "mean over completed episodes of return / length: the per-step reward of an "
@@ -92,7 +115,22 @@ ROLLOUT_METRICS = (ADVANTAGES_MAX, ADVANTAGES_MEAN, ADVANTAGES_MIN, REWARDS)
 ENV_METRICS = (EPISODE_LEN, RETURN, REWARD, SUCCESS_ONCE, NUM_EPISODES)
 # Everything Trainer.train_iteration returns (PPO), in a stable order.
 ITERATION_METRICS = TRAIN_METRICS + ROLLOUT_METRICS + ENV_METRICS
+# GRPO: no critic metrics (absent, not zeros); the KL to the reference and group statistics.
+GRPO_TRAIN_METRICS = (APPROX_KL, CLIP_FRACTION, CLIPPED_RATIO, GRAD_NORM, LR, POLICY_LOSS,
+                      REF_KL, ENTROPY_LOSS, LOSS)
+GROUP_METRICS = (GROUP_RETURN_STD, ZERO_SPREAD_GROUPS, VALID_FRACTION)
+GRPO_ITERATION_METRICS = GRPO_TRAIN_METRICS + ROLLOUT_METRICS + GROUP_METRICS + ENV_METRICS
+CRITIC_METRICS = (VALUE_LOSS, VALUE_CLIP_RATIO, EXPLAINED_VARIANCE)
 EVAL_METRICS = (EVAL_SUCCESS_ONCE, EVAL_RETURN, EVAL_EPISODE_LEN)
+
+
+def iteration_metrics(adv_type: str = "gae") -> Tuple[str, ...]:
+  """The metrics ``Trainer.train_iteration`` returns for ``algorithm.adv_type``."""
+  if adv_type == "gae":
+    return ITERATION_METRICS
+  if adv_type == "grpo":
+    return GRPO_ITERATION_METRICS
+  raise ValueError(f"unknown algorithm.adv_type {adv_type!r}")
 
 
 def explained_variance(returns: Array, values: Array) -> Array:
@@ -136,11 +174,25 @@ def episode_metrics(done: Array, episode: Mapping[str, Array]) -> Dict[str, Arra
   }
 
 
-def rollout_metrics(rewards: Array, advantages: Array) -> Dict[str, Array]:
-  """``rollout/*`` from the [T, B] env rewards and raw advantages."""
+def rollout_metrics(rewards: Array, advantages: Array, reward_mask: Optional[Array] = None,
+                    advantage_mask: Optional[Array] = None) -> Dict[str, Array]:
+  """``rollout/*`` from the [T, B] env rewards and raw advantages.
+
+  Args:
+    reward_mask, advantage_mask: optional [T, B] 0/1 weights (GRPO: the steps envs really
+      took, and the steps in the loss); None = every step. A mask with no 1 gives NaN.
+  """
+  if advantage_mask is None:
+    adv_max, adv_mean, adv_min = jnp.max(advantages), jnp.mean(advantages), jnp.min(advantages)
+  else:
+    sel = advantage_mask > 0
+    any_sel = jnp.any(sel)
+    adv_max = jnp.where(any_sel, jnp.max(jnp.where(sel, advantages, -jnp.inf)), jnp.nan)
+    adv_min = jnp.where(any_sel, jnp.min(jnp.where(sel, advantages, jnp.inf)), jnp.nan)
+    adv_mean = weighted_mean(advantages, advantage_mask)
   return {
-      ADVANTAGES_MAX: jnp.max(advantages),
-      ADVANTAGES_MEAN: jnp.mean(advantages),
-      ADVANTAGES_MIN: jnp.min(advantages),
-      REWARDS: jnp.mean(rewards),
+      ADVANTAGES_MAX: adv_max,
+      ADVANTAGES_MEAN: adv_mean,
+      ADVANTAGES_MIN: adv_min,
+      REWARDS: jnp.mean(rewards) if reward_mask is None else weighted_mean(rewards, reward_mask),
   }

@@ -178,3 +178,13 @@ def gaussian_entropy(log_std: Array) -> Array:
 def gaussian_sample(key: Array, mean: Array, log_std: Array) -> Array:
   """One sample per mean: [..., A] -> [..., A]."""
   return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def gaussian_kl(mean: Array, log_std: Array, other_mean: Array, other_log_std: Array) -> Array:
+  """Exact KL(N(mean, std^2 I) || N(other_mean, other_std^2 I)), summed over the last axis.
+
+  [..., A] -> [...]; per dimension: log(s_o / s) + (s^2 + (m - m_o)^2) / (2 s_o^2) - 1/2.
+  """
+  var_ratio = jnp.exp(2.0 * (log_std - other_log_std))
+  diff = (mean - other_mean) * jnp.exp(-other_log_std)
+  return jnp.sum(other_log_std - log_std + 0.5 * (var_ratio + diff * diff) - 0.5, axis=-1)

@@ -1,13 +1,20 @@
 """The scanned collection loop: T steps of a batched, auto-resetting env under a policy.
 
-The loop knows nothing about the algorithm: it calls ``act_fn(obs, key)`` for the action and
+The loop knows nothing about the algorithm: it calls ``act_fn(obs, noise)`` for the action and
 its log-probability and value, and ``value_fn(final_obs)`` for the value needed to bootstrap
 truncated episodes (see :mod:`panda_rl.agents.gae`).
+
+The exploration noise is drawn here, for the whole batch at once (``normal(step_key, [B, A])``),
+so that the actions do not depend on how the batch is cut: into pipeline stages
+(``num_stages``, see below and :mod:`panda_rl.placement`) or over devices. Stage ``s`` of
+``k`` holds the envs ``i`` with ``(i // block) % k == s`` (:func:`split_stages`), so each
+stage spreads evenly over the devices of a batch-sharded env state and keeps blocks of
+``block`` neighbouring envs (e.g. GRPO groups) together.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +22,7 @@ import jax.numpy as jnp
 from panda_rl.envs.base import EPISODE_KEYS, Env, EnvState
 
 Array = jax.Array
-# obs [B, ...], key -> (action [B, A], log_prob [B], value [B])
+# obs [B, ...], noise [B, A] (standard normal) -> (action [B, A], log_prob [B], value [B])
 ActFn = Callable[[Any, Array], Tuple[Array, Array, Array]]
 ValueFn = Callable[[Any], Array]  # obs [B, ...] -> value [B]
 
@@ -35,7 +42,10 @@ class Transition(NamedTuple):
     terminated: [T, B] 1.0 where it ended for a task reason.
     truncated: [T, B] 1.0 where it hit the time limit.
     episode: dict of [T, B] running episode totals (``EPISODE_KEYS`` of AutoResetWrapper),
-      the finished episode's totals where ``done == 1``.
+      the finished episode's totals where ``done == 1``; plus any further per-step
+      bookkeeping the env names in its ``episode_keys`` attribute (e.g.
+      :class:`~panda_rl.envs.groups.GroupAutoResetWrapper`'s ``step_valid`` and
+      ``group_reset``).
   """
 
   obs: Any
@@ -50,34 +60,95 @@ class Transition(NamedTuple):
   episode: Dict[str, Array]
 
 
+def split_stages(tree: Any, num_stages: int, axis: int = 0, block: int = 1) -> list:
+  """Cuts the batch axis ``axis`` (size B) of every leaf into ``num_stages`` stages.
+
+  Stage ``s`` holds the envs ``i`` with ``(i // block) % num_stages == s``, in order. With a
+  batch sharded contiguously over D devices (B divisible by D * num_stages * block) every
+  stage keeps 1/num_stages of each device's envs: cutting needs no communication.
+
+  Returns:
+    a list of ``num_stages`` pytrees whose leaves have B / num_stages on ``axis``.
+  """
+  if num_stages == 1:
+    return [tree]
+
+  def cut(x, s):
+    b = x.shape[axis]
+    shape = x.shape[:axis] + (b // (num_stages * block), num_stages, block) + x.shape[axis + 1:]
+    part = jax.lax.index_in_dim(x.reshape(shape), s, axis + 1, keepdims=False)
+    return part.reshape(x.shape[:axis] + (b // num_stages,) + x.shape[axis + 1:])
+
+  return [jax.tree.map(lambda x: cut(x, s), tree) for s in range(num_stages)]
+
+
+def merge_stages(trees: Sequence[Any], axis: int = 0, block: int = 1) -> Any:
+  """Inverse of :func:`split_stages`: a list of stage pytrees -> one pytree of B envs."""
+  if len(trees) == 1:
+    return trees[0]
+  k = len(trees)
+
+  def join(*xs):
+    x = xs[0]
+    sub = x.shape[axis] // block
+    parts = [y.reshape(y.shape[:axis] + (sub, block) + y.shape[axis + 1:]) for y in xs]
+    joined = jnp.stack(parts, axis=axis + 1)  # [..., sub, k, block, ...]
+    return joined.reshape(x.shape[:axis] + (x.shape[axis] * k,) + x.shape[axis + 1:])
+
+  return jax.tree.map(join, *trees)
+
+
+def step_noise(key: Array, num_envs: int, action_size: int) -> Array:
+  """[B, A] standard-normal exploration noise of one rollout step (whole batch)."""
+  return jax.random.normal(key, (num_envs, action_size), jnp.float32)
+
+
+def act_and_step(env: Env, state: EnvState, noise: Array, act_fn: ActFn,
+                 value_fn: Optional[ValueFn] = None) -> Tuple[EnvState, Transition]:
+  """One step of a batch (or stage) of envs: act, step the env, record the transition."""
+  action, log_prob, value = act_fn(state.obs, noise)
+  nxt = env.step(state, action)
+  if value_fn is None:
+    bootstrap = jnp.zeros_like(nxt.reward)
+  else:
+    bootstrap = value_fn(nxt.info["final_obs"])
+  record = Transition(
+      obs=state.obs, action=action, log_prob=log_prob, value=value,
+      bootstrap_value=bootstrap, reward=nxt.reward, done=nxt.done,
+      terminated=nxt.terminated, truncated=nxt.truncated,
+      episode={k: nxt.metrics[k] for k in getattr(env, "episode_keys", EPISODE_KEYS)})
+  return nxt, record
+
+
 def collect(env: Env, env_state: EnvState, key: Array, num_steps: int, act_fn: ActFn,
-            value_fn: Optional[ValueFn] = None) -> Tuple[EnvState, Transition]:
+            value_fn: Optional[ValueFn] = None, num_stages: int = 1, stage_block: int = 1
+            ) -> Tuple[EnvState, Transition]:
   """Runs ``num_steps`` steps of the batched env ``env`` (an AutoResetWrapper).
 
   Args:
     env: batched env whose ``step`` sets ``info["final_obs"]`` and the episode totals.
     env_state: [B] batched state to continue from.
-    key: PRNG key for the policy's sampling.
+    key: PRNG key for the policy's sampling; step t uses ``split(key, num_steps)[t]``.
     num_steps: T.
-    act_fn: obs [B, ...], key -> (action [B, A], log_prob [B], value [B]).
+    act_fn: obs [B, ...], noise [B, A] -> (action [B, A], log_prob [B], value [B]).
     value_fn: obs [B, ...] -> [B] for truncation bootstrapping; None -> zeros.
+    num_stages: k; the batch is cut into k stages (:func:`split_stages`) and each step runs
+      k independent act -> env.step chains, one per stage, which the compiler may overlap
+      (one stage's physics with another stage's inference). The result does not depend
+      on k (up to float rounding of differently-sized matmuls).
+    stage_block: envs kept together within a stage (see :func:`split_stages`).
 
   Returns:
     (env_state after the last step, Transition with leading axes [T, B]).
   """
+  num_envs = jax.tree.leaves(env_state.reward)[0].shape[0]
 
-  def step(state: EnvState, step_key: Array):
-    action, log_prob, value = act_fn(state.obs, step_key)
-    nxt = env.step(state, action)
-    if value_fn is None:
-      bootstrap = jnp.zeros_like(nxt.reward)
-    else:
-      bootstrap = value_fn(nxt.info["final_obs"])
-    record = Transition(
-        obs=state.obs, action=action, log_prob=log_prob, value=value,
-        bootstrap_value=bootstrap, reward=nxt.reward, done=nxt.done,
-        terminated=nxt.terminated, truncated=nxt.truncated,
-        episode={k: nxt.metrics[k] for k in EPISODE_KEYS})
-    return nxt, record
+  def step(states, step_key: Array):
+    noises = split_stages(step_noise(step_key, num_envs, env.action_size), num_stages,
+                          block=stage_block)
+    out = [act_and_step(env, st, nz, act_fn, value_fn) for st, nz in zip(states, noises)]
+    return [o[0] for o in out], merge_stages([o[1] for o in out], block=stage_block)
 
-  return jax.lax.scan(step, env_state, jax.random.split(key, num_steps))
+  states = split_stages(env_state, num_stages, block=stage_block)
+  states, traj = jax.lax.scan(step, states, jax.random.split(key, num_steps))
+  return merge_stages(states, block=stage_block), traj

@@ -121,9 +121,12 @@ def _sizes(trainer: Any) -> Dict[str, Any]:
 def _compile(trainer: Any, state: Any):
   """Compiles one iteration ahead of time; returns (callable, compile seconds or None).
 
-  Uses the trainer's pure ``iteration_fn`` (jitted here with the state donated, as
-  ``train_iteration`` does) so that compiling is timed apart from running.
+  Uses the trainer's ``compile_iteration`` (the program of its placement, see
+  :mod:`panda_rl.placement`), else its pure ``iteration_fn`` (jitted here with the state
+  donated, as ``train_iteration`` does), so that compiling is timed apart from running.
   """
+  if hasattr(trainer, "compile_iteration"):
+    return trainer.compile_iteration(state)
   fn = getattr(trainer, "iteration_fn", None)
   if fn is None:
     return trainer.train_iteration, None
@@ -167,7 +170,10 @@ def _initial_state(trainer, config, ckpt: Checkpointer, key: jax.Array, pbar_say
       pbar_say(f"runner.resume=True but no complete checkpoint in {ckpt.directory}"
                f"{extra}; starting from scratch.")
     return trainer.init(key)
-  abstract = jax.eval_shape(trainer.init, key)
+  # The restore target carries the placement's shardings: orbax reads each process's shards
+  # straight onto its devices.
+  abstract = (trainer.abstract_state(key) if hasattr(trainer, "abstract_state")
+              else jax.eval_shape(trainer.init, key))
   state, saved_config, step = ckpt.restore(abstract, current_config=config)
   diff = config_diff(saved_config, config, ignore=RESUME_FREE_FIELDS)
   if diff:
@@ -259,6 +265,9 @@ class _Run:
       self.workdir.mkdir(parents=True, exist_ok=True)
       (self.workdir / "config.json").write_text(
           json.dumps(config_to_dict(self.config), indent=2))
+    placement = getattr(self.trainer, "placement", None)
+    if placement is not None and not placement.single_device:
+      self.say(placement.describe())
     metrics: Dict[str, float] = {}
     if start >= r.max_epochs:
       self.say(f"Nothing to do: the checkpoint is at iteration {start} >= "
@@ -314,7 +323,7 @@ class _Run:
     t0 = time.perf_counter()
     out = _host(self.trainer.evaluate(state, key))
     out[EVAL_S] = time.perf_counter() - t0  # the first evaluation includes its compile
-    if self.record_video is not None:
+    if self.record_video is not None and jax.process_index() == 0:
       self.record_video(self.trainer, state, key, done)
     self.eval_metrics = out
     self.say(f"[iter {done}/{self.r.max_epochs}] env steps {env_steps:,}  " + "  ".join(

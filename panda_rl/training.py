@@ -3,10 +3,15 @@
 One training iteration is one jitted program (:meth:`Trainer.train_iteration`):
 
     rollout (lax.scan over T steps of B auto-resetting envs)
-    -> advantages (GAE over [T, B]; selected by ``algorithm.adv_type``)
+    -> advantages (selected by ``algorithm.adv_type``: GAE over [T, B] for PPO, group-relative
+       episode returns for GRPO, see :mod:`panda_rl.agents.grpo`)
     -> observation-normaliser update
     -> update_epochs x num_minibatches gradient steps (nested lax.scan)
     -> metrics (dict of scalars named in :mod:`panda_rl.metrics`)
+
+Where the pieces run is ``cluster.component_placement`` (:mod:`panda_rl.placement`): the
+collocated default keeps the iteration one program (sharded over the devices); other
+placements split it into rollout and update programs joined by device-to-device transfers.
 
 The CLI (``python -m panda_rl.train``) adds logging, evaluation cadence and checkpoints on
 top; notebooks call :func:`train` or :meth:`Trainer.make_train` directly.
@@ -31,11 +36,15 @@ import optax
 import panda_rl
 from panda_rl import metrics as M
 from panda_rl import normalizer as obs_norm
+from panda_rl import placement as placement_lib
 from panda_rl import rollout as rollout_lib
 from panda_rl.agents import gae as gae_lib
+from panda_rl.agents import grpo as grpo_lib
 from panda_rl.agents import ppo as ppo_lib
 from panda_rl.agents import sgd
+from panda_rl.config import ConfigError
 from panda_rl.envs.base import AutoResetWrapper, EnvState
+from panda_rl.envs.groups import GROUP_RESET, STEP_VALID, GroupAutoResetWrapper
 from panda_rl.networks import (ActorCritic, activation_fn, gaussian_log_prob,
                                gaussian_sample, make_networks)
 
@@ -58,7 +67,10 @@ class TrainState:
     key: PRNG key for the next iteration.
     iteration: [] int32, training iterations done.
     env_steps: [] int32, env steps collected so far (B * T per iteration; int32 because
-      JAX runs without 64-bit types by default: exact up to 2.1e9 steps).
+      JAX runs without 64-bit types by default: exact up to 2.1e9 steps). GRPO counts the
+      steps of envs waiting for their group too (they are simulated all the same).
+    ref_params: GRPO's frozen reference policy parameters (the initial policy); None for
+      algorithms without one.
   """
 
   params: Any
@@ -68,6 +80,7 @@ class TrainState:
   key: Array
   iteration: Array
   env_steps: Array
+  ref_params: Any = None
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -75,8 +88,9 @@ class TrainState:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the fields the training library consumes; raises ValueError listing problems.
 
-  Raises:
-    NotImplementedError: for ``algorithm.adv_type == "grpo"`` (not available yet).
+  For GRPO, ``rollout.num_steps`` against the env's episode length is checked by
+  :class:`Trainer` (it needs the env); ``algorithm.group_size`` must divide
+  ``env.train.num_envs``.
   """
   errors: List[str] = []
 
@@ -116,11 +130,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     activation_fn(model.activation)
   except ValueError as e:
     errors.append(f"actor.model.activation: {e}")
+  if alg.adv_type == "grpo":
+    group_size = alg.get("group_size", None)
+    if not pos_int(group_size) or group_size < 2:
+      errors.append(f"algorithm.group_size must be an int >= 2 for GRPO (advantages compare "
+                    f"the members of a group), got {group_size!r}")
+    elif pos_int(num_envs) and num_envs % group_size:
+      errors.append(f"env.train.num_envs = {num_envs} must be divisible by "
+                    f"algorithm.group_size = {group_size}: GRPO resets the envs in groups of "
+                    "group_size that share one initial state")
+    kl_beta = alg.get("kl_beta", 0.0)
+    need(kl_beta >= 0.0, f"algorithm.kl_beta must be >= 0, got {kl_beta}")
   if errors:
     raise ValueError("Invalid training config:\n  " + "\n  ".join(errors))
-  if alg.adv_type == "grpo":
-    raise NotImplementedError(
-        "algorithm.adv_type='grpo' is not implemented yet (issue 5); use adv_type='gae' (PPO)")
+
+
+def episode_length(env: Any) -> Optional[int]:
+  """The env's fixed maximum episode length (time limit), or None if it declares none."""
+  env = env.unwrapped
+  n = getattr(env, "episode_length", None)
+  if n is None and hasattr(env, "config"):
+    n = env.config.get("episode_length", None)
+  return None if n is None else int(n)
 
 
 def make_lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -173,6 +204,9 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict):
     validate_config(config)
+    # cluster.component_placement -> devices, meshes, pipeline stages (validated here, before
+    # anything compiles; starts jax.distributed for cluster.num_nodes > 1).
+    self.placement = placement_lib.from_config(config)
     self.config = config
     alg = config.algorithm
     self.adv_type = alg.adv_type
@@ -184,8 +218,14 @@ class Trainer:
 
     train_id, train_over = _env_settings(config.env.train, config.env.train)
     eval_id, eval_over = _env_settings(config.env.eval, config.env.train)
-    self.env = AutoResetWrapper(panda_rl.make(train_id, **train_over),
-                                int(config.env.train.num_envs))
+    if self.adv_type == "grpo":
+      self.group_size = int(alg.group_size)
+      self.env = GroupAutoResetWrapper(panda_rl.make(train_id, **train_over),
+                                       int(config.env.train.num_envs), self.group_size)
+      self._check_grpo_rollout(train_id)
+    else:
+      self.env = AutoResetWrapper(panda_rl.make(train_id, **train_over),
+                                  int(config.env.train.num_envs))
     self.eval_env = AutoResetWrapper(panda_rl.make(eval_id, **eval_over),
                                      int(config.env.eval.num_envs))
     self.steps_per_iteration = self.env.num_envs * self.num_steps
@@ -196,21 +236,42 @@ class Trainer:
                                                with_value=self.adv_type == "gae")
     self.lr_schedule = make_lr_schedule(config)
     self.optimizer = make_optimizer(config, self.lr_schedule)
-    self._loss_hparams = dict(clip_ratio=float(alg.clip_ratio),
-                              value_clip=float(alg.value_clip),
-                              value_coef=float(alg.value_coef),
-                              entropy_coef=float(alg.entropy_coef),
-                              normalize_advantages=bool(alg.normalize_advantages))
+    if self.adv_type == "grpo":
+      self._loss_hparams = dict(clip_ratio=float(alg.clip_ratio),
+                                entropy_coef=float(alg.entropy_coef),
+                                kl_beta=float(alg.kl_beta),
+                                normalize_advantages=bool(alg.normalize_advantages))
+      self._group_std_norm = bool(alg.group_std_norm)
+    else:
+      self._loss_hparams = dict(clip_ratio=float(alg.clip_ratio),
+                                value_clip=float(alg.value_clip),
+                                value_coef=float(alg.value_coef),
+                                entropy_coef=float(alg.entropy_coef),
+                                normalize_advantages=bool(alg.normalize_advantages))
     # Read once here, so that later edits of the (mutable) config cannot desynchronise
     # the traced programs from the values they were compiled with.
     self._gae_hparams = dict(gamma=float(alg.gamma), gae_lambda=float(alg.gae_lambda))
     self._reward_scale = float(alg.reward_scale)
 
-    self._init = jax.jit(self._init_impl)
-    # The state is donated: its buffers (env state, params, optimiser state) are reused
-    # for the new state, so a caller must not use the old state after the call.
-    self._train_iteration = jax.jit(self.iteration_fn, donate_argnums=0)
+    # The jitted init and iteration for the placement (one program when collocated). The
+    # state is donated: its buffers (env state, params, optimiser state) are reused for the
+    # new state, so a caller must not use the old state after the call.
+    self.programs = placement_lib.build_programs(self, self.placement)
     self._evaluate = jax.jit(self._evaluate_impl)
+
+  def _check_grpo_rollout(self, env_id: str) -> None:
+    """GRPO needs whole episodes in every rollout (see :mod:`panda_rl.agents.grpo`)."""
+    length = episode_length(self.env)
+    if length is None:
+      raise ConfigError(f"GRPO needs an env with a fixed time limit (an `episode_length`), so "
+                        f"that every episode ends within an iteration; {env_id} declares none")
+    if self.num_steps < length:
+      raise ConfigError(
+          f"rollout.num_steps = {self.num_steps} is shorter than {env_id}'s episode_length = "
+          f"{length}: GRPO needs whole episodes (each iteration starts fresh groups and only "
+          f"episodes that end within it have a return). Set "
+          f"--config.rollout.num_steps={length} (or a multiple, for several rounds per "
+          f"iteration).")
 
   def _check_envs(self) -> None:
     obs_t = jax.eval_shape(self.env.unwrapped.reset, jax.random.PRNGKey(0)).obs
@@ -227,17 +288,25 @@ class Trainer:
   # -- state ---------------------------------------------------------------------------
 
   def init(self, key: Array) -> TrainState:
-    """Fresh training state: reset envs, initialise parameters, optimiser and normaliser."""
-    return self._init(key)
+    """Fresh training state: reset envs, initialise parameters, optimiser and normaliser
+    (placed: env state sharded over the env devices, the rest replicated on the actor's)."""
+    return self.programs.init(key)
+
+  def abstract_state(self, key: Array) -> Any:
+    """``jax.ShapeDtypeStruct``s (with shardings) of :meth:`init`'s state: a restore target."""
+    return self.programs.abstract_state(key)
 
   def _init_impl(self, key: Array) -> TrainState:
     k_env, k_params, k_next = jax.random.split(key, 3)
     env_state = self.env.reset(k_env)
     params = self.networks.init(k_params, self._obs_spec_zeros())
+    # GRPO's frozen reference policy: the initial policy (a copy, its own buffers).
+    ref_params = (jax.tree.map(jnp.copy, params["policy"]) if self.adv_type == "grpo"
+                  else None)
     return TrainState(params=params, opt_state=self.optimizer.init(params),
                       normalizer=obs_norm.init(self._obs_spec), env_state=env_state,
                       key=k_next, iteration=jnp.zeros((), jnp.int32),
-                      env_steps=jnp.zeros((), jnp.int32))
+                      env_steps=jnp.zeros((), jnp.int32), ref_params=ref_params)
 
   def _obs_spec_zeros(self) -> Any:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._obs_spec)
@@ -274,10 +343,10 @@ class Trainer:
     """act_fn and value_fn for :func:`panda_rl.rollout.collect`."""
     has_value = self.networks.value is not None
 
-    def act(obs, key):
+    def act(obs, noise):  # noise: [B, A] standard normal, drawn by the rollout
       x = self._prepare_obs(normalizer, obs)
       mean, log_std = self.networks.policy_apply(params["policy"], x)
-      action = gaussian_sample(key, mean, log_std)
+      action = mean + jnp.exp(log_std) * noise  # = gaussian_sample, noise drawn outside
       log_prob = gaussian_log_prob(mean, log_std, action)
       value = (self.networks.value_apply(params["value"], x) if has_value
                else jnp.zeros(log_prob.shape, jnp.float32))
@@ -301,14 +370,43 @@ class Trainer:
   def _loss_fn(self, params, batch, key):
     if self.adv_type == "gae":
       return ppo_lib.ppo_loss(params, self.networks, batch, key, **self._loss_hparams)
+    if self.adv_type == "grpo":
+      return grpo_lib.grpo_loss(params, self.networks, batch, key, **self._loss_hparams)
     raise NotImplementedError(f"loss for adv_type={self.adv_type!r}")
 
   def iteration_fn(self, state: TrainState) -> Tuple[TrainState, Dict[str, Array]]:
     """The pure, unjitted training iteration (see :meth:`train_iteration`)."""
+    if self.adv_type == "grpo":
+      return self._grpo_iteration(state)
     key, k_rollout, k_update = jax.random.split(state.key, 3)
-    act_fn, value_fn = self._rollout_fns(state.params, state.normalizer)
-    env_state, traj = rollout_lib.collect(self.env, state.env_state, k_rollout,
-                                          self.num_steps, act_fn, value_fn)
+    env_state, traj = self.rollout_fn(state.params, state.normalizer, state.env_state,
+                                      k_rollout)
+    return self.learn_fn(state, env_state, traj, key, k_update)
+
+  def rollout_fn(self, params: Any, normalizer: Any, env_state: EnvState, key: Array
+                 ) -> Tuple[EnvState, rollout_lib.Transition]:
+    """The rollout of one iteration: (env state after T steps, Transition [T, B]).
+
+    With ``rollout.pipeline_stage_num = k`` the batch runs as k stages (see
+    :mod:`panda_rl.placement`); the result does not depend on k.
+    """
+    act_fn, value_fn = self._rollout_fns(params, normalizer)
+    return rollout_lib.collect(self.env, env_state, key, self.num_steps, act_fn, value_fn,
+                               num_stages=self.placement.pipeline_stages,
+                               stage_block=self.placement.stage_block)
+
+  def learn_fn(self, state: TrainState, env_state: Optional[EnvState],
+               traj: rollout_lib.Transition, key: Array, k_update: Array
+               ) -> Tuple[TrainState, Dict[str, Array]]:
+    """Advantages, normaliser update and the update epochs of one iteration.
+
+    Args:
+      state: the state at the start of the iteration (its env_state is not read).
+      env_state: the env state after the rollout, stored in the new state (None when the
+        env state lives on other devices, see :class:`panda_rl.placement.StagedPrograms`).
+      traj: the rollout's Transition [T, B].
+      key: the next iteration's key; k_update: the key of this update.
+    """
     advantages, returns = self._advantages(traj)
 
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [T, B, ...] -> [T * B, ...]
@@ -322,7 +420,8 @@ class Trainer:
     params, opt_state, train_metrics = sgd.minibatch_epochs(
         self._loss_fn, self.optimizer, self.lr_schedule, state.params, state.opt_state,
         batch, k_update, num_epochs=self.update_epochs, num_minibatches=self.num_minibatches,
-        first_update=state.iteration * self.updates_per_iteration)
+        first_update=state.iteration * self.updates_per_iteration,
+        constrain=self.placement.minibatch_constraint)
 
     metrics = dict(train_metrics)
     metrics.update(M.rollout_metrics(traj.reward, advantages))
@@ -332,19 +431,71 @@ class Trainer:
                            env_steps=state.env_steps + self.steps_per_iteration)
     return new_state, metrics
 
+  def _grpo_iteration(self, state: TrainState) -> Tuple[TrainState, Dict[str, Array]]:
+    """GRPO: fresh groups, whole-episode rollout, group advantages, critic-free update."""
+    key, k_reset, k_rollout, k_update = jax.random.split(state.key, 4)
+    # Every iteration starts from freshly reset groups, so that each group's round (one
+    # episode per member) starts and ends inside this rollout (agents/grpo.py).
+    env_state = self.env.reset(k_reset)
+    act_fn, _ = self._rollout_fns(state.params, state.normalizer)
+    env_state, traj = rollout_lib.collect(self.env, env_state, k_rollout, self.num_steps,
+                                          act_fn, None,
+                                          num_stages=self.placement.pipeline_stages,
+                                          stage_block=self.placement.stage_block)
+    advantages, mask, group_stats = grpo_lib.group_advantages(
+        traj.episode["episode_return"], traj.episode[GROUP_RESET], traj.episode[STEP_VALID],
+        self.group_size, std_norm=self._group_std_norm, reward_scale=self._reward_scale)
+
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [T, B, ...] -> [T * B, ...]
+    obs = jax.tree.map(flat, self._prepare_obs(state.normalizer, traj.obs))
+    ref_mean, ref_log_std = self.networks.policy_apply(state.ref_params, obs)
+    batch = grpo_lib.GRPOBatch(obs=obs, actions=flat(traj.action),
+                               old_log_prob=flat(traj.log_prob),
+                               advantages=flat(advantages), mask=flat(mask),
+                               ref_mean=ref_mean, ref_log_std=ref_log_std)
+    # (Waiting steps repeat a frozen final observation; they are rare enough, episodes that
+    # end before the time limit, that the statistics take every step's obs, as PPO's do.)
+    valid_steps = traj.episode[STEP_VALID]
+    normalizer = (obs_norm.update(state.normalizer, traj.obs) if self.normalize_obs
+                  else state.normalizer)
+
+    params, opt_state, train_metrics = sgd.minibatch_epochs(
+        self._loss_fn, self.optimizer, self.lr_schedule, state.params, state.opt_state,
+        batch, k_update, num_epochs=self.update_epochs, num_minibatches=self.num_minibatches,
+        first_update=state.iteration * self.updates_per_iteration,
+        constrain=self.placement.minibatch_constraint)
+
+    metrics = dict(train_metrics)
+    metrics.update(M.rollout_metrics(traj.reward, advantages, reward_mask=valid_steps,
+                                     advantage_mask=mask))
+    metrics.update(group_stats)
+    metrics.update(M.episode_metrics(traj.done, traj.episode))
+    new_state = state.replace(params=params, opt_state=opt_state, normalizer=normalizer,
+                              env_state=env_state, key=key, iteration=state.iteration + 1,
+                              env_steps=state.env_steps + self.steps_per_iteration)
+    return new_state, metrics
+
   def train_iteration(self, state: TrainState) -> Tuple[TrainState, Dict[str, Array]]:
     """One jitted iteration: rollout, advantages, all epochs x minibatches, metrics.
 
     ``state`` is donated: do not use it after the call (use the returned state).
-    Returns (new state, dict of [] metrics named in :data:`panda_rl.metrics.ITERATION_METRICS`).
+    Returns (new state, dict of [] metrics named in
+    :func:`panda_rl.metrics.iteration_metrics` of ``algorithm.adv_type``).
     """
-    return self._train_iteration(state)
+    return self.programs.iteration(state)
+
+  def compile_iteration(self, state: TrainState) -> Tuple[Callable, Optional[float]]:
+    """Compiles the iteration for ``state`` ahead of time: (callable like
+    :meth:`train_iteration`, compile seconds, or None when the placement's programs compile
+    on first use)."""
+    return self.programs.compile(state)
 
   def make_train(self, num_iterations: int) -> Callable[[Array], Tuple[TrainState, Any]]:
     """A pure ``key -> (final state, metrics stacked over iterations)`` for the whole run.
 
     purejaxrl-style: ``jax.jit(trainer.make_train(n))(key)``, or ``jax.vmap`` it over keys
-    to train several seeds at once.
+    to train several seeds at once. The placement's shardings are not applied here (jit
+    places it); its pipeline stages are.
     """
 
     def run(key):

@@ -173,13 +173,6 @@ def test_bad_config_fails_clearly(field, value, match):
     training.Trainer(c)
 
 
-def test_grpo_is_not_implemented_yet():
-  c = probe_config()
-  c.algorithm.adv_type = "grpo"
-  with pytest.raises(NotImplementedError, match="grpo"):
-    training.Trainer(c)
-
-
 def test_unknown_env_override_fails_clearly():
   c = probe_config()
   c.env.train.overrides.episode_len = 10

@@ -6,7 +6,7 @@ flat batch pytree with leading axis [N] are all it needs.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,8 @@ def gradient_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, para
 
 def minibatch_epochs(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                      lr_schedule: optax.Schedule, params: Any, opt_state: Any, data: Any,
-                     key: Array, *, num_epochs: int, num_minibatches: int, first_update: Array
+                     key: Array, *, num_epochs: int, num_minibatches: int, first_update: Array,
+                     constrain: Optional[Callable[[Any], Any]] = None
                      ) -> Tuple[Any, Any, Dict[str, Array]]:
   """``num_epochs`` passes over ``data``, each a fresh shuffle cut into minibatches.
 
@@ -45,6 +46,9 @@ def minibatch_epochs(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     data: pytree, every leaf with leading axis [N]; N divisible by ``num_minibatches``.
     first_update: [] int, number of optimiser updates made before this call (for the
       reported learning rate: ``lr_schedule(first_update + i)`` at the i-th update).
+    constrain: applied to each epoch's shuffled data, leaves [num_minibatches, mb_size, ...];
+      :mod:`panda_rl.placement` passes a sharding constraint that splits every minibatch
+      over the actor devices (data parallel). None: no constraint.
 
   Returns:
     (params, opt_state, metrics): metrics averaged over all ``num_epochs * num_minibatches``
@@ -62,6 +66,8 @@ def minibatch_epochs(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     shuffled = jax.tree.map(
         lambda x: jnp.take(x, perm, axis=0).reshape((num_minibatches, mb_size) + x.shape[1:]),
         data)
+    if constrain is not None:
+      shuffled = constrain(shuffled)
 
     def minibatch(carry, xs):
       params, opt_state, step = carry

@@ -1,0 +1,38 @@
+"""GRPO with an MLP policy on PandaPickCube-v0 (state observations): no critic.
+
+The PPO config (``mujoco_ppo_mlp.py``) with the fields below changed. Envs reset in groups of
+``algorithm.group_size`` that share an initial state; a step's advantage is its episode's
+return relative to its group (``panda_rl/agents/grpo.py``). Every iteration plays one whole
+episode per env from fresh groups, so ``rollout.num_steps`` must be at least the env's
+``episode_length``.
+"""
+
+import importlib.util
+import os
+
+
+def _ppo_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mujoco_ppo_mlp.py")
+  spec = importlib.util.spec_from_file_location("mujoco_ppo_mlp", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  c = _ppo_config()
+  c.algorithm.adv_type = "grpo"  # group-relative advantages; no value network is built
+  c.algorithm.group_size = 8  # 1024 envs = 128 groups of 8 members sharing a start
+  c.algorithm.group_std_norm = True  # (R - group mean) / (group std + 1e-4)
+  c.algorithm.normalize_advantages = False  # group advantages are normalised already
+  c.algorithm.kl_beta = 0.0  # no KL penalty to the initial (random) policy by default
+  # One whole 100-step PandaPickCube-v0 episode per env per iteration (= episode_length).
+  c.rollout.num_steps = 100
+  # 102,400 samples per iteration in minibatches of 6,400 (PPO: 32,768 in 4,096s).
+  c.algorithm.num_minibatches = 16
+  # 3.1x PPO's env steps per iteration: 100 iterations = 10.2M env steps.
+  c.runner.max_epochs = 100
+  c.runner.val_check_interval = 5  # evaluate every 512k env steps (PPO: every 655k)
+  c.runner.save_interval = 20  # checkpoint every 2M env steps
+  c.runner.logger.experiment_name = "mujoco_grpo_mlp"  # runs/panda_rl/mujoco_grpo_mlp
+  return c

@@ -1,0 +1,652 @@
+"""Placement: where ``env``, ``rollout`` and ``actor`` run, as ``jax.sharding`` meshes.
+
+``cluster.component_placement`` names global device ranges for the three components of a
+training iteration::
+
+    "env,rollout,actor:all"                     collocated (one program per iteration)
+    "env:0-3;rollout:4-7;actor:8-15"            disaggregated (16 devices)
+    "env:0-7;rollout:8-15;actor:0-15"           hybrid (+ rollout.pipeline_stage_num=2)
+
+Entries are ``group:range`` joined by ``;`` (or ``,``); a group is one or more component
+names joined by ``,``; a range is ``all``, ``3`` or ``0-3`` (inclusive). Device ``i`` is
+``jax.devices()[i]``: global, so on a pod every process reads the same placement. A dict
+works too (notebooks): ``{"env": "0-3", "rollout": "4-7", "actor": (8, 15)}``.
+
+How a placement maps onto ``jax.sharding`` (one 1-D mesh, axis ``"batch"``, per group):
+
+* **env**: the [B] env state (physics included) is sharded along the env batch over the env
+  devices, ``NamedSharding(env_mesh, P("batch"))``: each device steps B / n_env envs.
+* **rollout**: policy parameters and the observation normaliser are replicated on the
+  rollout devices (``P()``); the observations of a step arrive batch-sharded, so inference
+  is data parallel.
+* **actor**: the update is data parallel over the actor devices: parameters and optimiser
+  state replicated, the trajectories [T, B] sharded along B, and every minibatch constrained
+  to ``P(None, "batch")`` (:func:`panda_rl.agents.sgd.minibatch_epochs`' ``constrain``).
+  Under ``jax.jit`` with a sharded batch and replicated parameters, XLA's SPMD partitioner
+  computes each device's part of the loss and inserts the all-reduce that averages the
+  gradients (and the metric means) over the actor devices; no hand-written ``psum``.
+* **transfers** between groups are explicit ``jax.device_put``\\s to the target sharding,
+  and only where the groups' devices differ: parameters + normaliser to the rollout
+  devices once per iteration (after the update), trajectories to the actor devices once
+  per rollout, and, when env and rollout are on different devices, each step's actions
+  (rollout -> env) and observations (env -> rollout).
+
+Programs per iteration:
+
+* env == rollout == actor (collocated): :meth:`Trainer.iteration_fn` as ONE jitted program
+  with ``in_shardings``/``out_shardings`` (the default; on one device exactly the
+  unsharded program of before).
+* env == rollout != actor: one jitted rollout program (scanned over T) on the env devices,
+  trajectories ``device_put`` to the actor devices, one jitted update program there.
+* env != rollout: the rollout is a Python loop over T steps that dispatches an inference
+  program on the rollout devices and an env-step program on the env devices per stage;
+  JAX's asynchronous dispatch lets them run concurrently.
+
+Pipelining (``rollout.pipeline_stage_num = k > 1``): the env batch is cut into k stages
+(:func:`panda_rl.rollout.split_stages`) so that one stage's physics overlaps another's
+inference. What overlaps where:
+
+* env and rollout on DIFFERENT devices (disaggregated, hybrid): stage s's ``env.step`` on
+  the env devices runs while stage s+1's policy forward runs on the rollout devices (no
+  data dependence, separate devices, async dispatch), and the device-to-device copies of
+  actions/observations overlap both. Without stages the two groups take turns and each
+  idles half the time; with k stages the step time tends to max(physics, inference).
+* env and rollout on the SAME devices (collocated): each scanned step holds k independent
+  act -> step chains in one program. XLA:CPU runs independent operations concurrently on
+  the host's cores; XLA:GPU/TPU issue them in one stream, so overlap there is limited to
+  what the scheduler interleaves (measure it with ``scripts/benchmark_placement.py``).
+
+Results do not depend on the placement or on k (to float rounding): the exploration noise
+is drawn for the whole batch, per-env computations are independent, and only the order of
+floating-point reductions (loss means, gradient all-reduce) changes. A test checks it.
+
+Multi-host (``cluster.num_nodes > 1``): :func:`initialize_distributed` starts
+``jax.distributed``; every process runs the same program over the global devices; only
+process 0 logs; orbax writes checkpoints from all processes (each its own shards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from panda_rl import rollout as rollout_lib
+
+Array = jax.Array
+COMPONENTS = ("env", "rollout", "actor")
+AXIS = "batch"  # the one mesh axis: the env batch (env, rollout) / the sample batch (actor)
+
+# Environment variables read when the config leaves multi-host settings unset.
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # host:port of process 0 (jax reads it too)
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+
+class PlacementError(ValueError):
+  """``cluster.*`` / ``rollout.pipeline_stage_num`` cannot work; raised before compiling."""
+
+
+# --------------------------------------------------------------------------------------
+# Parsing.
+
+_NAME = r"[A-Za-z_]+"
+_ENTRY = re.compile(rf"\s*({_NAME}(?:\s*,\s*{_NAME})*)\s*:\s*(all|\d+(?:\s*-\s*\d+)?)\s*",
+                    re.IGNORECASE)
+
+
+def _fmt_range(ids: Sequence[int]) -> str:
+  ids = sorted(ids)
+  if len(ids) == 1:
+    return str(ids[0])
+  if ids == list(range(ids[0], ids[-1] + 1)):
+    return f"{ids[0]}-{ids[-1]}"
+  return ",".join(map(str, ids))
+
+
+def _available(num_devices: int) -> str:
+  return (f"{num_devices} devices available, ids 0-{num_devices - 1}" if num_devices > 1
+          else "1 device available, id 0")
+
+
+def _parse_range(value: Any, num_devices: int, group: str) -> Tuple[int, ...]:
+  """"all" | "3" | "0-3" | int | (lo, hi) | range | list of ints -> device ids."""
+  where = f"group {group!r}"
+  if isinstance(value, str):
+    text = value.strip().lower()
+    if text == "all":
+      return tuple(range(num_devices))
+    m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", text)
+    if not m:
+      raise PlacementError(f"{where}: range {value!r} is not 'all', 'N' or 'LO-HI'")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) is not None else lo
+  elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    lo = hi = int(value)
+  elif isinstance(value, range):
+    ids = tuple(value)
+    if not ids:
+      raise PlacementError(f"{where}: empty device range {value!r}")
+    lo, hi = min(ids), max(ids)
+    if ids != tuple(range(lo, hi + 1)):
+      raise PlacementError(f"{where}: device ranges must be contiguous, got {value!r}")
+  elif (isinstance(value, (tuple, list)) and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) for v in value)):
+    lo, hi = int(value[0]), int(value[1])
+  else:
+    raise PlacementError(f"{where}: cannot read device range {value!r} (use 'all', 'N', "
+                         "'LO-HI', an int or a (lo, hi) pair)")
+  if lo > hi:
+    raise PlacementError(f"{where}: range {lo}-{hi} is empty (start > end)")
+  if lo < 0 or hi >= num_devices:
+    raise PlacementError(f"{where}: range {lo}-{hi} is outside the devices "
+                         f"(ids 0-{num_devices - 1})")
+  return tuple(range(lo, hi + 1))
+
+
+def _entries(spec: Any) -> List[Tuple[str, Any]]:
+  """(group, range) pairs of a string or mapping spec, unvalidated."""
+  if isinstance(spec, Mapping) or hasattr(spec, "items"):
+    return [(str(k), v) for k, v in spec.items()]
+  if not isinstance(spec, str) or not spec.strip():
+    raise PlacementError(f"expected a string like 'env,rollout,actor:all' or "
+                         f"'env:0-3;rollout:4-7;actor:8-15' (or a dict), got {spec!r}")
+  out, pos, text = [], 0, spec.strip()
+  while pos < len(text):
+    m = _ENTRY.match(text, pos)
+    if not m:
+      raise PlacementError(f"cannot parse {text[pos:]!r}: each entry is "
+                           "'component[,component...]:range' with range 'all', 'N' or "
+                           "'LO-HI', entries joined by ';'")
+    out.append((m.group(1), m.group(2)))
+    pos = m.end()
+    if pos < len(text):
+      if text[pos] not in ";,":
+        raise PlacementError(f"expected ';' between entries at {text[pos:]!r}")
+      pos += 1
+  return out
+
+
+def parse_component_placement(spec: Any, num_devices: int) -> Dict[str, Tuple[int, ...]]:
+  """Parses a placement into ``{component: device ids}`` for env, rollout and actor.
+
+  Args:
+    spec: ``"env,rollout,actor:all"``, ``"env:0-3;rollout:4-7;actor:8-15"`` (also with
+      ``,`` between entries), or a mapping ``{"env,rollout": "0-7", "actor": "all"}``.
+    num_devices: the number of global devices (``jax.device_count()``).
+
+  Raises:
+    PlacementError: a syntax error, an unknown or missing component, a component named
+      twice, or a range outside ``[0, num_devices)``; the message names the available
+      device count.
+  """
+  groups: Dict[str, Tuple[int, ...]] = {}
+  problems: List[str] = []
+  try:
+    entries = _entries(spec)
+  except PlacementError as e:
+    raise PlacementError(f"cluster.component_placement={spec!r}: {e}") from None
+  for group, value in entries:
+    names = [n.strip().lower() for n in group.split(",") if n.strip()]
+    try:
+      ids = _parse_range(value, num_devices, group)
+    except PlacementError as e:
+      problems.append(str(e))
+      ids = ()
+    for name in names:
+      if name not in COMPONENTS:
+        problems.append(f"unknown component {name!r} (components: {', '.join(COMPONENTS)})")
+      elif name in groups:
+        problems.append(f"component {name!r} is placed twice")
+      else:
+        groups[name] = ids
+  missing = [c for c in COMPONENTS if c not in groups]
+  if missing:
+    problems.append(f"component(s) {', '.join(map(repr, missing))} not placed (every one of "
+                    f"{', '.join(COMPONENTS)} needs a range, e.g. 'env,rollout,actor:all')")
+  if problems:
+    raise PlacementError(f"cluster.component_placement={spec!r} ({_available(num_devices)}):"
+                         "\n  " + "\n  ".join(problems))
+  return groups
+
+
+# --------------------------------------------------------------------------------------
+# The placement.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Placement:
+  """A validated placement: device groups, meshes, shardings, pipeline stages.
+
+  Attributes:
+    devices: the global devices (``jax.devices()``); ids index into it.
+    groups: ``{"env" | "rollout" | "actor": tuple of device ids}``.
+    num_envs: B, the training env batch.
+    pipeline_stages: k = ``rollout.pipeline_stage_num``.
+    stage_block: envs kept together in one stage (GRPO's group size, else 1).
+    spec: the placement as configured (for messages).
+  """
+
+  devices: Tuple[Any, ...]
+  groups: Mapping[str, Tuple[int, ...]]
+  num_envs: int
+  pipeline_stages: int = 1
+  stage_block: int = 1
+  spec: Any = "env,rollout,actor:all"
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  @property
+  def single_device(self) -> bool:
+    """One device in the whole run: the unsharded programs are used unchanged."""
+    return len(self.devices) == 1
+
+  @property
+  def collocated(self) -> bool:
+    """env, rollout and actor on the same devices: one program per iteration."""
+    return self.groups["env"] == self.groups["rollout"] == self.groups["actor"]
+
+  @property
+  def fused_rollout(self) -> bool:
+    """env and rollout on the same devices: the rollout is one scanned program."""
+    return self.groups["env"] == self.groups["rollout"]
+
+  def size(self, component: str) -> int:
+    return len(self.groups[component])
+
+  @functools.cached_property
+  def _meshes(self) -> Dict[Tuple[int, ...], Mesh]:
+    out = {}
+    for ids in self.groups.values():
+      if ids not in out:
+        # Auto axes: shardings propagate through jit as annotations (GSPMD), the
+        # with_sharding_constraint / in_shardings style used here.
+        out[ids] = jax.make_mesh((len(ids),), (AXIS,), axis_types=(AxisType.Auto,),
+                                 devices=[self.devices[i] for i in ids])
+    return out
+
+  def mesh(self, component: str) -> Mesh:
+    """The 1-D ``("batch",)`` mesh of a component (groups with equal ranges share one)."""
+    return self._meshes[self.groups[component]]
+
+  def replicated(self, component: str) -> NamedSharding:
+    return NamedSharding(self.mesh(component), P())
+
+  def batch_sharding(self, component: str, axis: int = 0) -> NamedSharding:
+    """Sharded along dimension ``axis`` (the batch) over the component's devices."""
+    return NamedSharding(self.mesh(component), P(*([None] * axis), AXIS))
+
+  def state_shardings(self, abstract_state: Any, env_component: str = "env") -> Any:
+    """Shardings of a TrainState: env state batch-sharded over ``env_component``'s
+    devices, everything else (params, optimiser, normaliser, key, counters) replicated
+    on the actor devices."""
+    rep = self.replicated("actor")
+    batch, env_rep = self.batch_sharding(env_component), self.replicated(env_component)
+    tree = jax.tree.map(lambda _: rep, abstract_state)
+    env = jax.tree.map(lambda x: batch if x.ndim and x.shape[0] == self.num_envs else env_rep,
+                       abstract_state.env_state)
+    return tree.replace(env_state=env)
+
+  @property
+  def minibatch_constraint(self) -> Optional[Callable[[Any], Any]]:
+    """For ``sgd.minibatch_epochs(constrain=...)``: every minibatch split over the actor
+    devices (leaves [num_minibatches, mb_size, ...]); None on a single device."""
+    if self.single_device:
+      return None
+    sharding = NamedSharding(self.mesh("actor"), P(None, AXIS))
+    return lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
+
+  def describe(self) -> str:
+    kind = self.devices[0].platform
+    groups: Dict[Tuple[int, ...], List[str]] = {}
+    for c in COMPONENTS:
+      groups.setdefault(self.groups[c], []).append(c)
+    parts = [f"{','.join(names)} -> {kind} {_fmt_range(ids)}" for ids, names in groups.items()]
+    mode = ("collocated: one program per iteration" if self.collocated else
+            "env+rollout fused, separate update" if self.fused_rollout else
+            "env and rollout on separate devices, exchanging actions/observations per step")
+    return (f"placement: {'; '.join(parts)} ({mode}; {self.pipeline_stages} pipeline "
+            f"stage{'s' if self.pipeline_stages > 1 else ''}; {jax.process_count()} "
+            f"process{'es' if jax.process_count() > 1 else ''})")
+
+
+def _problems(groups: Mapping[str, Tuple[int, ...]], num_envs: int, num_steps: int,
+              num_minibatches: int, stages: int, block: int) -> List[str]:
+  """Everything about sizes and overlaps that cannot work, as messages."""
+  out = []
+  env, rollout, actor = groups["env"], groups["rollout"], groups["actor"]
+  if env != rollout and set(env) & set(rollout):
+    out.append(
+        f"env ({_fmt_range(env)}) and rollout ({_fmt_range(rollout)}) partly overlap: they "
+        "must be the same devices (one fused rollout program) or disjoint ones (the two "
+        "exchange actions and observations every step); a device in both would serialise "
+        "physics and inference of the same step")
+  n_env, n_roll, n_act = len(env), len(rollout), len(actor)
+  unit = n_env * stages * block
+  if num_envs % unit:
+    what = f"{n_env} env devices x {stages} pipeline stages"
+    if block > 1:
+      what += f" x {block} envs per group (algorithm.group_size)"
+    out.append(f"env.train.num_envs={num_envs} does not divide over {what} = {unit}")
+  if env != rollout and num_envs % (n_roll * stages):
+    out.append(f"env.train.num_envs={num_envs} does not divide over {n_roll} rollout "
+               f"devices x {stages} pipeline stages = {n_roll * stages} (each stage's "
+               "observations are split over the rollout devices)")
+  if num_envs % n_act:
+    out.append(f"env.train.num_envs={num_envs} does not divide over the {n_act} actor "
+               "devices (trajectories [T, B] are split along B)")
+  samples = num_envs * num_steps
+  if num_minibatches >= 1 and samples % num_minibatches == 0:
+    mb = samples // num_minibatches
+    if mb % n_act:
+      out.append(f"a minibatch of {mb} samples (num_envs * num_steps / num_minibatches = "
+                 f"{num_envs} * {num_steps} / {num_minibatches}) does not divide over the "
+                 f"{n_act} actor devices (data-parallel update)")
+  return out
+
+
+def _exchanges(groups: Mapping[str, Tuple[int, ...]]) -> List[Tuple[str, str]]:
+  pairs = [("actor", "rollout"), ("rollout", "actor"), ("env", "actor")]
+  if groups["env"] != groups["rollout"]:
+    pairs += [("env", "rollout"), ("rollout", "env")]
+  return [(a, b) for a, b in pairs if groups[a] != groups[b]]
+
+
+def _cross_process_problems(groups, devices) -> List[str]:
+  """Multi-process runs: transfers between different device sets need backend support."""
+  if jax.process_count() == 1:
+    return []
+  bad = _exchanges(groups)
+  if not bad:
+    return []
+  from jax.extend import backend as jex_backend
+
+  backend = jex_backend.get_backend()
+  same_sizes = all(len(groups[a]) == len(groups[b]) for a, b in bad)
+  if getattr(backend, "supports_cross_host_transfers", False) and same_sizes:
+    return []
+  return [f"{jax.process_count()} processes: the {backend.platform} backend cannot copy "
+          "arrays between device groups that span processes (" + ", ".join(
+              f"{a}->{b}" for a, b in bad) + "). Use the same range for every component on "
+          "a multi-host run (e.g. 'env,rollout,actor:all'), or groups of equal size on a "
+          "backend with cross-host transfers"]
+
+
+def from_config(config: Any, devices: Optional[Sequence[Any]] = None) -> Placement:
+  """Reads ``cluster.*`` and ``rollout.pipeline_stage_num`` into a validated Placement.
+
+  Starts ``jax.distributed`` first when ``cluster.num_nodes > 1`` (device ranges are
+  global). Nothing is compiled.
+
+  Raises:
+    PlacementError: every problem found, with the available device count.
+  """
+  initialize_distributed(config)
+  devices = tuple(jax.devices() if devices is None else devices)
+  spec = config.cluster.component_placement
+  if hasattr(spec, "to_dict"):
+    spec = spec.to_dict()
+  groups = parse_component_placement(spec, len(devices))
+  stages = config.rollout.get("pipeline_stage_num", 1)
+  if not isinstance(stages, (int, np.integer)) or isinstance(stages, bool) or stages < 1:
+    raise PlacementError(f"rollout.pipeline_stage_num must be an int >= 1, got {stages!r}")
+  block = 1
+  if config.algorithm.get("adv_type", "gae") == "grpo":
+    block = int(config.algorithm.get("group_size", 1) or 1)
+  num_envs = int(config.env.train.num_envs)
+  problems = _problems(groups, num_envs, int(config.rollout.num_steps),
+                       int(config.algorithm.num_minibatches), int(stages), block)
+  problems += _cross_process_problems(groups, devices)
+  if problems:
+    raise PlacementError(
+        f"Placement cluster.component_placement={spec!r} with rollout.pipeline_stage_num="
+        f"{stages} cannot work ({_available(len(devices))}):\n  " + "\n  ".join(problems))
+  return Placement(devices=devices, groups=groups, num_envs=num_envs,
+                   pipeline_stages=int(stages), stage_block=block, spec=spec)
+
+
+# --------------------------------------------------------------------------------------
+# Multi-host.
+
+
+def _env_int(name: str) -> Optional[int]:
+  value = os.environ.get(name, "").strip()
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise PlacementError(f"environment variable {name}={value!r} is not an int") from None
+
+
+def initialize_distributed(config: Any) -> bool:
+  """Starts ``jax.distributed`` for ``cluster.num_nodes > 1``; returns whether it is on.
+
+  Settings, first found wins: ``cluster.coordinator_address`` / ``cluster.process_id``,
+  then the environment variables ``JAX_COORDINATOR_ADDRESS`` / ``JAX_PROCESS_ID``, then
+  JAX's own cluster detection (Slurm, Open MPI, Cloud TPU). ``JAX_NUM_PROCESSES``, if set,
+  must equal ``cluster.num_nodes``. Idempotent; must run before any JAX computation.
+
+  Raises:
+    PlacementError: inconsistent settings, or JAX already running single-process.
+  """
+  cluster = config.cluster
+  n = cluster.get("num_nodes", 1)
+  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+    raise PlacementError(f"cluster.num_nodes must be an int >= 1, got {n!r}")
+  n = int(n)
+  env_n = _env_int(ENV_NUM_PROCESSES)
+  if n > 1 and env_n is not None and env_n != n:
+    raise PlacementError(f"cluster.num_nodes={n} but {ENV_NUM_PROCESSES}={env_n}")
+  if jax.distributed.is_initialized():
+    if jax.process_count() != n:
+      raise PlacementError(f"jax.distributed runs {jax.process_count()} processes but "
+                           f"cluster.num_nodes={n}")
+    return True
+  if n == 1:
+    return False
+  address = cluster.get("coordinator_address", "") or os.environ.get(ENV_COORDINATOR) or None
+  pid = cluster.get("process_id", -1)
+  pid = int(pid) if pid is not None and int(pid) >= 0 else _env_int(ENV_PROCESS_ID)
+  try:
+    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
+  except (RuntimeError, ValueError) as e:
+    raise PlacementError(
+        f"could not start jax.distributed for cluster.num_nodes={n} (coordinator "
+        f"{address!r}, process id {pid!r}): {e}\nSet --config.cluster.coordinator_address="
+        f"HOST:PORT and --config.cluster.process_id=I (or {ENV_COORDINATOR}, "
+        f"{ENV_PROCESS_ID}) on every process, and start it before any JAX computation."
+    ) from None
+  if jax.process_count() != n:
+    raise PlacementError(f"jax.distributed started {jax.process_count()} processes, "
+                         f"cluster.num_nodes={n}")
+  return True
+
+
+# --------------------------------------------------------------------------------------
+# Programs: the jitted pieces of an iteration for a placement.
+
+
+class SingleProgram:
+  """env == rollout == actor: ``trainer.iteration_fn`` as one jitted program."""
+
+  def __init__(self, trainer: Any, placement: Placement):
+    self.placement = placement
+    if placement.single_device:
+      self._init = jax.jit(trainer._init_impl)
+      # The state is donated: its buffers are reused for the new state.
+      self._iteration = jax.jit(trainer.iteration_fn, donate_argnums=0)
+      return
+    abstract = jax.eval_shape(trainer._init_impl, jax.random.PRNGKey(0))
+    self.state_shardings = placement.state_shardings(abstract)
+    metrics = placement.replicated("actor")
+    self._init = jax.jit(trainer._init_impl, out_shardings=self.state_shardings)
+    self._iteration = jax.jit(trainer.iteration_fn, in_shardings=(self.state_shardings,),
+                              out_shardings=(self.state_shardings, metrics), donate_argnums=0)
+
+  def init(self, key: Array) -> Any:
+    return self._init(key)
+
+  def abstract_state(self, key: Array) -> Any:
+    return jax.eval_shape(self._init, key)
+
+  def iteration(self, state: Any) -> Tuple[Any, Dict[str, Array]]:
+    return self._iteration(state)
+
+  def compile(self, state: Any) -> Tuple[Callable, Optional[float]]:
+    t0 = time.perf_counter()
+    compiled = self._iteration.lower(state).compile()
+    return compiled, time.perf_counter() - t0
+
+
+class StagedPrograms:
+  """Groups on different devices: rollout and update are separate programs joined by
+  ``jax.device_put`` transfers (see the module docstring)."""
+
+  def __init__(self, trainer: Any, placement: Placement):
+    self.trainer, self.placement = trainer, placement
+    pl, k, blk = placement, placement.pipeline_stages, placement.stage_block
+    abstract = jax.eval_shape(trainer._init_impl, jax.random.PRNGKey(0))
+    # Init runs wholly on the actor devices (env batch sharded there too), then the env
+    # state moves to the env devices; the values do not depend on where they were computed.
+    init_sh = pl.state_shardings(abstract, env_component="actor")
+    self.state_shardings = pl.state_shardings(abstract)
+    self._init_actor = jax.jit(trainer._init_impl, out_shardings=init_sh)
+    rep_a, rep_r = pl.replicated("actor"), pl.replicated("rollout")
+    self.rep_a, self.rep_r = rep_a, rep_r
+    self.env_batch, self.roll_batch = pl.batch_sharding("env"), pl.batch_sharding("rollout")
+    self.traj_env = pl.batch_sharding("env", axis=1)
+    self.traj_actor = pl.batch_sharding("actor", axis=1)
+    learner = self.state_shardings.replace(env_state=None)
+
+    self._split_keys = jax.jit(lambda key: tuple(jax.random.split(key, 3)), out_shardings=rep_a)
+    self._learn = jax.jit(
+        lambda state, traj, key, k_update: trainer.learn_fn(state, None, traj, key, k_update),
+        in_shardings=(learner, self.traj_actor, rep_a, rep_a),
+        out_shardings=(learner, rep_a), donate_argnums=0)
+    if pl.fused_rollout:
+      env_sh = self.state_shardings.env_state
+      self._rollout = jax.jit(trainer.rollout_fn, in_shardings=(rep_r, rep_r, env_sh, rep_r),
+                              out_shardings=(env_sh, self.traj_env), donate_argnums=2)
+      return
+
+    num_envs, num_steps = pl.num_envs, trainer.num_steps
+    action_size = trainer.env.action_size
+    env = trainer.env
+
+    def act(params, normalizer, obs, k_rollout, t, stage):
+      step_key = jax.random.split(k_rollout, num_steps)[t]
+      noise = rollout_lib.step_noise(step_key, num_envs, action_size)
+      noise = rollout_lib.split_stages(noise, k, block=blk)[stage]
+      act_fn, _ = trainer._rollout_fns(params, normalizer)
+      return act_fn(obs, noise)
+
+    def bootstrap(params, normalizer, final_obs):
+      _, value_fn = trainer._rollout_fns(params, normalizer)
+      if value_fn is None:
+        return jnp.zeros(jax.tree.leaves(final_obs)[0].shape[:1], jnp.float32)
+      return value_fn(final_obs)
+
+    def env_step(state, action):
+      nxt = env.step(state, action)
+      record = dict(obs=state.obs, reward=nxt.reward, done=nxt.done,
+                    terminated=nxt.terminated, truncated=nxt.truncated,
+                    episode={n: nxt.metrics[n] for n in rollout_lib.EPISODE_KEYS})
+      return nxt, record, (nxt.obs, nxt.info["final_obs"])
+
+    def assemble(records):  # [T][k] of stage records -> [T, B]
+      per_step = [rollout_lib.merge_stages(r, block=blk) for r in records]
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+
+    roll_b, env_b = self.roll_batch, self.env_batch
+    self._act = jax.jit(act, static_argnums=5, in_shardings=(rep_r, rep_r, roll_b, rep_r, rep_r),
+                        out_shardings=roll_b)
+    self._bootstrap = jax.jit(bootstrap, in_shardings=(rep_r, rep_r, roll_b),
+                              out_shardings=roll_b)
+    self._env_step = jax.jit(env_step, in_shardings=(env_b, env_b),
+                             out_shardings=env_b, donate_argnums=0)
+    self._split_env = jax.jit(lambda s: rollout_lib.split_stages(s, k, block=blk),
+                              in_shardings=env_b, out_shardings=env_b)
+    self._merge_env = jax.jit(lambda s: rollout_lib.merge_stages(s, block=blk),
+                              in_shardings=env_b, out_shardings=env_b)
+    self._assemble_env = jax.jit(assemble, in_shardings=env_b, out_shardings=self.traj_env)
+    self._assemble_roll = jax.jit(assemble, in_shardings=roll_b,
+                                  out_shardings=pl.batch_sharding("rollout", axis=1))
+
+  # -- state ---------------------------------------------------------------------------
+
+  def init(self, key: Array) -> Any:
+    state = self._init_actor(key)
+    return state.replace(env_state=jax.device_put(state.env_state,
+                                                  self.state_shardings.env_state))
+
+  def abstract_state(self, key: Array) -> Any:
+    abstract = jax.eval_shape(self._init_actor, key)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract, self.state_shardings)
+
+  def compile(self, state: Any) -> Tuple[Callable, Optional[float]]:
+    # Several programs, compiled on first use: the first iteration's time includes them.
+    return self.iteration, None
+
+  # -- the iteration -------------------------------------------------------------------
+
+  def iteration(self, state: Any) -> Tuple[Any, Dict[str, Array]]:
+    key, k_rollout, k_update = self._split_keys(state.key)
+    # params -> rollout devices (a no-op when rollout and actor share their devices).
+    params, normalizer, k_rollout = jax.device_put(
+        (state.params, state.normalizer, k_rollout), self.rep_r)
+    if self.placement.fused_rollout:
+      env_state, traj = self._rollout(params, normalizer, state.env_state, k_rollout)
+    else:
+      env_state, traj = self._stepped_rollout(params, normalizer, state.env_state, k_rollout)
+    traj = jax.device_put(traj, self.traj_actor)  # trajectories -> actor devices
+    learner, metrics = self._learn(state.replace(env_state=None), traj, key, k_update)
+    return learner.replace(env_state=env_state), metrics
+
+  def _stepped_rollout(self, params, normalizer, env_state, k_rollout):
+    """T steps as a Python loop over (step, stage): inference on the rollout devices, physics
+    on the env devices. Dispatch is asynchronous, so stage s's physics runs while stage
+    s+1's inference does (pipelining)."""
+    k = self.placement.pipeline_stages
+    states = list(self._split_env(env_state))
+    obs = [jax.device_put(s.obs, self.roll_batch) for s in states]
+    env_records, roll_records = [], []
+    for t in range(self.trainer.num_steps):
+      env_t, roll_t = [], []
+      for s in range(k):
+        action, log_prob, value = self._act(params, normalizer, obs[s], k_rollout, t, s)
+        states[s], record, to_rollout = self._env_step(
+            states[s], jax.device_put(action, self.env_batch))
+        obs[s], final_obs = jax.device_put(to_rollout, self.roll_batch)
+        boot = self._bootstrap(params, normalizer, final_obs)
+        env_t.append(record)
+        roll_t.append(dict(action=action, log_prob=log_prob, value=value,
+                           bootstrap_value=boot))
+      env_records.append(env_t)
+      roll_records.append(roll_t)
+    env_part = self._assemble_env(env_records)
+    roll_part = jax.device_put(self._assemble_roll(roll_records), self.traj_env)
+    traj = rollout_lib.Transition(**env_part, **roll_part)
+    return self._merge_env(states), traj
+
+
+def build_programs(trainer: Any, placement: Placement) -> Any:
+  """The programs that run ``trainer``'s iterations under ``placement``."""
+  if placement.single_device or placement.collocated:
+    return SingleProgram(trainer, placement)
+  if getattr(trainer, "adv_type", "gae") != "gae":
+    raise PlacementError(
+        f"algorithm.adv_type={trainer.adv_type!r} runs only with env, rollout and actor on "
+        f"the same devices (e.g. 'env,rollout,actor:all'); got {placement.spec!r}")
+  return StagedPrograms(trainer, placement)

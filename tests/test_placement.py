@@ -1,0 +1,328 @@
+"""Placement (issue 6): parsing and validation of cluster.component_placement, the same
+results for every placement and pipeline depth on 16 virtual CPU devices, and a two-process
+multi-host run on localhost.
+
+The device count is fixed when JAX starts, so the multi-device checks run this file as a
+subprocess (``python tests/test_placement.py equivalence|multihost ...``) with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":  # a subprocess: the repo importable before panda_rl is imported
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import panda_rl  # noqa: F401,E402  (first: XLA flags)
+
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from panda_rl import metrics as M  # noqa: E402
+from panda_rl import placement as pl  # noqa: E402
+from panda_rl.checkpoint import Checkpointer  # noqa: E402
+from panda_rl.config import load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
+
+# The placements of the issue (16 devices) plus references; (component_placement, stages).
+PLACEMENTS = {
+    "one_device": ("env,rollout,actor:0", 1),
+    "collocated": ("env,rollout,actor:all", 1),
+    "collocated_pipelined": ("env,rollout,actor:all", 2),
+    "disaggregated": ("env:0-3;rollout:4-7;actor:8-15", 1),
+    "hybrid_pipelined": ("env:0-7;rollout:8-15;actor:0-15", 2),
+}
+
+TINY = {
+    "env.train.env_id": "PointReach-v0",
+    "env.train.num_envs": 32,
+    "env.eval.num_envs": 8,
+    "rollout.num_steps": 16,
+    "actor.model.policy_hidden": (16, 16),
+    "actor.model.value_hidden": (16, 16),
+    "actor.optim.lr": 3e-3,
+    "algorithm.update_epochs": 2,
+    "algorithm.num_minibatches": 4,
+    "runner.max_epochs": 2,
+}
+
+
+def tiny_config(**overrides):
+  return load_config(CONFIG, {**TINY, **overrides})
+
+
+# --------------------------------------------------------------------------------------
+# Parsing and validation (no devices needed: validation takes a device list).
+
+
+@pytest.mark.parametrize("spec,groups", [
+    ("env,rollout,actor:all", {"env": range(16), "rollout": range(16), "actor": range(16)}),
+    ("env:0-3;rollout:4-7;actor:8-15",
+     {"env": range(0, 4), "rollout": range(4, 8), "actor": range(8, 16)}),
+    ("env: 0-7, rollout: 8-15, actor: 0-15",  # ARCHITECTURE.md's comma style
+     {"env": range(0, 8), "rollout": range(8, 16), "actor": range(16)}),
+    ("env,rollout:0-7;actor:3", {"env": range(8), "rollout": range(8), "actor": [3]}),
+    ({"env": "0-3", "rollout": (4, 7), "actor": range(8, 16)},
+     {"env": range(0, 4), "rollout": range(4, 8), "actor": range(8, 16)}),
+    ({"env,rollout,actor": "all"}, {"env": range(16), "rollout": range(16), "actor": range(16)}),
+])
+def test_parse(spec, groups):
+  got = pl.parse_component_placement(spec, 16)
+  assert got == {k: tuple(v) for k, v in groups.items()}
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("env:0-3;rollout:4-7;actor:8-15",
+     r"(?s)8 devices available.*range 8-15 is outside the devices \(ids 0-7\)"),
+    ("env:0-3;rollout:4-7", r"(?s)8 devices available.*'actor' not placed"),
+    ("env,rollout,actor,learner:all", r"unknown component 'learner'"),
+    ("env:0-3;env,rollout:4-7;actor:all", r"component 'env' is placed twice"),
+    ("env:3-1;rollout,actor:all", r"range 3-1 is empty"),
+    ("env=0-3", r"cannot parse"),
+    ("", r"expected a string"),
+])
+def test_parse_errors(spec, match):
+  with pytest.raises(pl.PlacementError, match=match):
+    pl.parse_component_placement(spec, 8)
+
+
+def _placement(spec, stages=1, devices=16, **overrides):
+  config = tiny_config(**{"cluster.component_placement": spec,
+                          "rollout.pipeline_stage_num": stages, **overrides})
+  return pl.from_config(config, devices=[object()] * devices)
+
+
+def test_the_issue_placements_validate():
+  coll = _placement("env,rollout,actor:all")
+  assert coll.collocated and coll.fused_rollout and coll.size("env") == 16
+  dis = _placement("env:0-3;rollout:4-7;actor:8-15")
+  assert not dis.collocated and not dis.fused_rollout
+  assert (dis.size("env"), dis.size("rollout"), dis.size("actor")) == (4, 4, 8)
+  hyb = _placement("env:0-7;rollout:8-15;actor:0-15", stages=2)
+  assert hyb.pipeline_stages == 2 and hyb.groups["actor"] == tuple(range(16))
+
+
+@pytest.mark.parametrize("spec,stages,overrides,match", [
+    ("env:0-3;rollout:4-7;actor:8-15", 1, {"env.train.num_envs": 34},
+     r"num_envs=34 does not divide over 4 env devices x 1 pipeline stages"),
+    ("env,rollout,actor:all", 3, {}, r"num_envs=32 does not divide over 16 env devices x 3"),
+    ("env:0-7;rollout:8-15;actor:0-15", 2, {"env.train.num_envs": 24},
+     r"does not divide over 8 env devices x 2 pipeline stages = 16"),
+    ("env,rollout:0-7;actor:0-11", 1, {},
+     r"num_envs=32 does not divide over the 12 actor devices"),
+    ("env,rollout,actor:all", 1, {"algorithm.num_minibatches": 64},
+     r"minibatch of 8 samples .* does not divide over the 16 actor devices"),
+    ("env:0-5;rollout:4-7;actor:all", 1, {}, r"partly overlap"),
+    ("env,rollout,actor:all", 0, {}, r"pipeline_stage_num must be an int >= 1"),
+])
+def test_bad_placements_fail_before_compiling(spec, stages, overrides, match):
+  with pytest.raises(pl.PlacementError, match=match) as err:
+    _placement(spec, stages, **overrides)
+  if stages >= 1:
+    assert "16 devices available" in str(err.value)
+
+
+def test_trainer_rejects_a_bad_placement_with_the_device_count():
+  from panda_rl import training
+
+  config = tiny_config(**{"cluster.component_placement": "env:0-3;rollout:4-7;actor:8-15"})
+  with pytest.raises(pl.PlacementError, match=f"{jax.device_count()} device"):
+    training.Trainer(config)
+
+
+def test_stage_split_and_merge_round_trip():
+  from panda_rl import rollout as rollout_lib
+
+  x = {"a": np.arange(24).reshape(24), "b": np.arange(48).reshape(24, 2)}
+  for k, block in [(1, 1), (2, 1), (3, 2), (4, 3)]:
+    stages = rollout_lib.split_stages(x, k, block=block)
+    assert all(s["a"].shape == (24 // k,) for s in stages)
+    if k > 1:  # env i is in stage (i // block) % k
+      np.testing.assert_array_equal(np.asarray(stages[1]["a"]) // block % k, 1)
+    back = rollout_lib.merge_stages(stages, block=block)
+    jax.tree.map(np.testing.assert_array_equal, back, x)
+  traj = np.arange(5 * 24).reshape(5, 24)  # [T, B], stages along axis 1
+  back = rollout_lib.merge_stages(rollout_lib.split_stages(traj, 2, axis=1), axis=1)
+  np.testing.assert_array_equal(back, traj)
+
+
+# --------------------------------------------------------------------------------------
+# Subprocesses.
+
+
+@pytest.fixture(scope="module")
+def sub_env():
+  e = dict(os.environ)
+  e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+  e["JAX_PLATFORMS"] = "cpu"
+  cache = jax.config.jax_compilation_cache_dir
+  if cache:
+    e.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+  return e
+
+
+def _with_devices(env, n):
+  e = dict(env)
+  e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}")
+  return e
+
+
+def _flat_params(state):
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def _train(config, iterations):
+  from panda_rl import training
+
+  trainer = training.Trainer(config)
+  state = trainer.init(jax.random.PRNGKey(config.runner.seed))
+  history = []
+  for _ in range(iterations):
+    state, metrics = trainer.train_iteration(state)
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return trainer, state, history
+
+
+def _child_equivalence(out_dir: str) -> None:
+  """Trains 2 iterations under every placement; writes params and metrics per placement."""
+  assert jax.device_count() == 16, jax.devices()
+  for name, (spec, stages) in PLACEMENTS.items():
+    config = tiny_config(**{"cluster.component_placement": spec,
+                            "rollout.pipeline_stage_num": stages})
+    trainer, state, history = _train(config, 2)
+    env_devices = {d.id for d in state.env_state.obs.sharding.device_set}
+    assert env_devices == {trainer.placement.devices[i].id
+                           for i in trainer.placement.groups["env"]}, name
+    np.savez(os.path.join(out_dir, f"{name}.npz"), **_flat_params(state))
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+      json.dump(history, f)
+    print(f"{name}: {trainer.placement.describe()}", flush=True)
+    if name == "one_device":
+      saved = jax.device_get(state)
+      with Checkpointer(os.path.join(out_dir, "ckpt")) as ckpt:
+        ckpt.save(2, state, config)
+  _check_restore_across_placements(os.path.join(out_dir, "ckpt"), saved)
+
+
+def _check_restore_across_placements(directory: str, saved) -> None:
+  """A checkpoint written under one placement restores onto another one's devices."""
+  from panda_rl import training
+
+  config = tiny_config(**{"cluster.component_placement": PLACEMENTS["disaggregated"][0]})
+  trainer = training.Trainer(config)
+  target = trainer.abstract_state(jax.random.PRNGKey(0))
+  with Checkpointer(directory) as ckpt:
+    state, _, step = ckpt.restore(target)
+  assert step == 2
+  env_ids = {trainer.placement.devices[i].id for i in trainer.placement.groups["env"]}
+  actor_ids = {trainer.placement.devices[i].id for i in trainer.placement.groups["actor"]}
+  assert {d.id for d in state.env_state.obs.sharding.device_set} == env_ids
+  assert {d.id for d in jax.tree.leaves(state.params)[0].sharding.device_set} == actor_ids
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), saved)
+  state, _ = trainer.train_iteration(state)  # and trains on from there
+  assert int(state.iteration) == 3
+
+
+def test_same_results_for_every_placement(sub_env, tmp_path):
+  proc = subprocess.run([sys.executable, __file__, "equivalence", str(tmp_path)], cwd=REPO,
+                        env=_with_devices(sub_env, 16), capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  # The reference: this process's default single-device trainer, the unsharded program.
+  _, state, ref_history = _train(tiny_config(), 2)
+  ref = _flat_params(state)
+  for name in PLACEMENTS:
+    params = dict(np.load(tmp_path / f"{name}.npz"))
+    history = json.loads((tmp_path / f"{name}.json").read_text())
+    assert params.keys() == ref.keys()
+    for k in ref:
+      np.testing.assert_allclose(params[k], ref[k], rtol=1e-4, atol=1e-5,
+                                 err_msg=f"{name}: {k}")
+    for it, (got, want) in enumerate(zip(history, ref_history)):
+      assert got.keys() == want.keys()
+      for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5,
+                                   err_msg=f"{name}: iteration {it + 1} {k}")
+  assert ref_history[1][M.NUM_EPISODES] == 32  # the runs did something
+
+
+def _child_multihost(workdir: str, process_id: int, port: int, epochs: int,
+                     resume: bool) -> None:
+  """One process of a 2-process run: trains with train_and_evaluate, dumps its params."""
+  from panda_rl.train import train_and_evaluate
+
+  config = tiny_config(**{
+      "cluster.num_nodes": 2, "cluster.process_id": process_id,
+      "cluster.coordinator_address": f"localhost:{port}",
+      "cluster.component_placement": "env,rollout,actor:all",
+      "runner.max_epochs": epochs, "runner.save_interval": 2,
+      "runner.val_check_interval": 2, "runner.resume": resume})
+  result = train_and_evaluate(config, workdir)
+  assert jax.process_count() == 2 and jax.device_count() == 4
+  assert all(len(x.sharding.device_set) == 4 for x in jax.tree.leaves(result.state.params))
+  np.savez(os.path.join(workdir, f"params_{epochs}_p{process_id}.npz"),
+           **_flat_params(result.state))
+  jax.distributed.shutdown()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(env, workdir, epochs, resume):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, __file__, "multihost", str(workdir), str(i), str(port), str(epochs),
+       str(int(resume))], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=600)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-6000:]
+  return outs
+
+
+def test_two_processes_train_identically_and_resume(sub_env, tmp_path):
+  env = _with_devices(sub_env, 2)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # two writers of one cache: keep them apart
+  _two_processes(env, tmp_path, epochs=2, resume=False)
+  assert (tmp_path / "checkpoints" / "2").is_dir()
+  assert list(tmp_path.glob("events.out.tfevents.*"))  # process 0 logged
+  p0, p1 = (dict(np.load(tmp_path / f"params_2_p{i}.npz")) for i in range(2))
+  for k in p0:
+    np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+
+  # A second launch restores the 2-process checkpoint and trains one more iteration.
+  _two_processes(env, tmp_path, epochs=3, resume=True)
+  assert (tmp_path / "checkpoints" / "3").is_dir()
+  q0, q1 = (dict(np.load(tmp_path / f"params_3_p{i}.npz")) for i in range(2))
+  for k in q0:
+    np.testing.assert_array_equal(q0[k], q1[k], err_msg=k)
+    assert not np.array_equal(q0[k], p0[k]) or "log_std" in k
+
+
+if __name__ == "__main__":
+  mode, *args = sys.argv[1:]
+  if mode == "equivalence":
+    _child_equivalence(args[0])
+  elif mode == "multihost":
+    _child_multihost(args[0], int(args[1]), int(args[2]), int(args[3]), bool(int(args[4])))
+  else:
+    raise SystemExit(f"unknown mode {mode!r}")
