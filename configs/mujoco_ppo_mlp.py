@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.actor.model.activation = "swish"  # hidden activation: relu | tanh | swish | elu
   c.actor.model.init_log_std = -0.5  # initial log standard deviation of the Gaussian
   c.actor.optim = ml_collections.ConfigDict()
-  c.actor.optim.lr = 3e-4  # peak learning rate (Adam)
+  c.actor.optim.lr = 1e-3  # peak learning rate (Adam)
   c.actor.optim.lr_schedule = "constant"  # constant | linear | cosine (decay over the run)
   c.actor.optim.max_grad_norm = 1.0  # global gradient-norm clip
   c.actor.optim.adam_eps = 1e-5  # Adam epsilon
@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.algorithm.gae_lambda = 0.95  # GAE lambda
   c.algorithm.clip_ratio = 0.2  # PPO probability-ratio clip epsilon
   c.algorithm.value_clip = 0.2  # value-function clip range (<=0 disables)
-  c.algorithm.entropy_coef = 1e-3  # entropy bonus coefficient
+  c.algorithm.entropy_coef = 0.02  # entropy bonus coefficient
   c.algorithm.value_coef = 0.5  # value loss coefficient
   c.algorithm.update_epochs = 4  # passes over each iteration's batch
   c.algorithm.num_minibatches = 8  # minibatches per epoch

@@ -200,3 +200,18 @@ def test_autoreset_resets_exactly_the_finished_envs(pick_env, pick_fns):
   nxt = jstep(out, act)
   np.testing.assert_array_equal(nxt.metrics["episode_length"], [5, 1, 5, 1])
   np.testing.assert_allclose(nxt.metrics["episode_return"][1], nxt.reward[1], rtol=1e-6)
+
+
+def test_reset_in_hand_curriculum():
+  env = panda_rl.make("PandaPickCube-v0", reset_in_hand_prob=0.5)
+  state = jax.jit(jax.vmap(env.reset))(_keys(256, 8))
+  obs = PandaPickCube.obs_dict(np.asarray(state.obs))
+  held = np.asarray(state.info["grip_cmd"]) == 1.0
+  assert 0.3 < held.mean() < 0.7  # about half of the resets
+  # Held: cube centred between the closed fingers at the TCP; lift counted from the floor.
+  np.testing.assert_allclose(obs["cube_pos"][held], obs["tcp_pos"][held], atol=1e-3)
+  np.testing.assert_allclose(obs["gripper_pos"][held], 0.039, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(state.info["z_init"]), 0.02, atol=1e-6)
+  # Not held: the ordinary reset.
+  np.testing.assert_allclose(obs["cube_pos"][~held, 2], 0.02, atol=1e-6)
+  np.testing.assert_allclose(obs["gripper_pos"][~held], 0.08, atol=1e-6)

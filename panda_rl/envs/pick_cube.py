@@ -56,6 +56,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.cube_xy_low = (0.25, -0.25)  # cube reset xy range, lower corner
   c.cube_xy_high = (0.55, 0.25)  # cube reset xy range, upper corner
   c.cube_yaw_range = 0.0  # cube reset yaw uniform in [-r, r] radians (0 = axis-aligned)
+  # Share of resets that start with the cube already held in the closed hand at the home
+  # pose (lift measured from the floor). A training curriculum: it shows the learner what
+  # holding the cube is worth; evaluation always uses 0 (the task as specified).
+  c.reset_in_hand_prob = 0.0
   c.out_of_bounds_margin = 0.1  # terminate when the cube leaves workspace + margin
   c.osc_kp = 200.0  # task-space stiffness (position and orientation)
   c.osc_damping_ratio = 1.0  # task-space damping ratio
@@ -128,6 +132,7 @@ class PandaPickCube(Env):
     mujoco.mj_forward(mj, data)
     self._template = mjx.put_data(mj, data, impl="jax")
     self._home_tcp = jnp.asarray(data.site_xpos[self._tcp], jnp.float32)
+    self._in_hand = self._in_hand_template(mj, data.site_xpos[self._tcp].copy())
 
   # ------------------------------------------------------------------ interface
   @property
@@ -147,9 +152,21 @@ class PandaPickCube(Env):
       i += n
     return out
 
+  @staticmethod
+  def _in_hand_template(mj, tcp):
+    """Home pose, fingers closed on the cube, cube centred at the TCP (host, once)."""
+    data = mujoco.MjData(mj)
+    mujoco.mj_resetDataKeyframe(mj, data, mj.key("home").id)
+    c = int(mj.jnt_qposadr[mj.joint("cube_joint").id])
+    data.qpos[7:9] = 0.0195  # pads 0.5 mm into the 4 cm cube: a firm grip from step one
+    data.qpos[c:c + 3] = tcp
+    data.ctrl[7:9] = 0.0
+    mujoco.mj_forward(mj, data)
+    return mjx.put_data(mj, data, impl="jax")
+
   def reset(self, key: jax.Array) -> EnvState:
     cfg = self.config
-    k_xy, k_yaw = jax.random.split(key)
+    k_xy, k_yaw, k_hand = jax.random.split(key, 3)
     xy = jax.random.uniform(k_xy, (2,), minval=jnp.asarray(cfg.cube_xy_low),
                             maxval=jnp.asarray(cfg.cube_xy_high))
     yaw = jax.random.uniform(k_yaw, (), minval=-cfg.cube_yaw_range, maxval=cfg.cube_yaw_range)
@@ -157,16 +174,22 @@ class PandaPickCube(Env):
     c = self._cube_qpos
     qpos = t.qpos.at[c:c + 2].set(xy).at[c + 3:c + 7].set(_quat_yaw(yaw))
     data = t.replace(qpos=qpos)
-    cube = qpos[c:c + 3]
+    z_floor = qpos[c + 2]
+    grip = jnp.zeros(())
+    if cfg.reset_in_hand_prob > 0:
+      in_hand = jax.random.bernoulli(k_hand, cfg.reset_in_hand_prob)
+      data = jax.tree.map(lambda a, b: jnp.where(in_hand, a, b), self._in_hand, data)
+      grip = in_hand.astype(jnp.float32)
+    cube = data.qpos[c:c + 3]
     obs = self._obs(data, jnp.zeros(3), cube)
     info = {
         "step": jnp.zeros((), jnp.int32),
         "target": self._home_tcp,
-        "grip_cmd": jnp.zeros(()),
-        "z_init": cube[2],
+        "grip_cmd": grip,
+        "z_init": z_floor,
         "prev_reward": jnp.zeros(()),
     }
-    reward, terms = self._reward(data, cube, cube[2])
+    reward, terms = self._reward(data, cube, z_floor)
     info["prev_reward"] = reward
     zero = jnp.zeros(())
     metrics = dict(terms, nan_physics=zero, out_of_bounds=zero)
