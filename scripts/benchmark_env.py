@@ -93,7 +93,8 @@ def main():
     th.join(args.timeout)
     if th.is_alive():
       rows.append({"batch": batch, "hang": True})
-      print(f"batch {batch}: HANG (no result after {args.timeout:.0f}s)", flush=True)
+      print(f"batch {batch}: NO RESULT after {args.timeout:.0f}s (hung, or slower than the "
+            "watchdog allows)", flush=True)
       break
     times = sorted(result["times"])
     med = times[len(times) // 2]
@@ -109,7 +110,7 @@ def main():
   print("-" * 54)
   for r in rows:
     if r["hang"]:
-      print(f"{r['batch']:>7} | {'HANG':>12} |")
+      print(f"{r['batch']:>7} | {'NO RESULT':>12} |")
     else:
       print(f"{r['batch']:>7} | {r['env_steps_per_s']:>12.0f} | {r['physics_steps_per_s']:>15.0f} | "
             f"{r['compile_s']:>9.1f}")
