@@ -414,14 +414,8 @@ class Trainer:
         obs=jax.tree.map(flat, self._prepare_obs(state.normalizer, traj.obs)),
         actions=flat(traj.action), old_log_prob=flat(traj.log_prob),
         old_values=flat(traj.value), advantages=flat(advantages), returns=flat(returns))
-    normalizer = (obs_norm.update(state.normalizer, traj.obs) if self.normalize_obs
-                  else state.normalizer)
-
-    params, opt_state, train_metrics = sgd.minibatch_epochs(
-        self._loss_fn, self.optimizer, self.lr_schedule, state.params, state.opt_state,
-        batch, k_update, num_epochs=self.update_epochs, num_minibatches=self.num_minibatches,
-        first_update=state.iteration * self.updates_per_iteration,
-        constrain=self.placement.minibatch_constraint)
+    normalizer, params, opt_state, train_metrics = self._update(state, traj.obs, batch,
+                                                                k_update)
 
     metrics = dict(train_metrics)
     metrics.update(M.rollout_metrics(traj.reward, advantages))
@@ -430,6 +424,21 @@ class Trainer:
                            env_state=env_state, key=key, iteration=state.iteration + 1,
                            env_steps=state.env_steps + self.steps_per_iteration)
     return new_state, metrics
+
+  def _update(self, state: TrainState, raw_obs: Any, batch: Any, k_update: Array):
+    """Shared by PPO and GRPO: the normaliser absorbs the rollout's raw obs [T, B, ...]
+    (effective next iteration), and epochs x minibatches of ``self._loss_fn`` on ``batch``.
+
+    Returns (normalizer, params, opt_state, train_metrics).
+    """
+    normalizer = (obs_norm.update(state.normalizer, raw_obs) if self.normalize_obs
+                  else state.normalizer)
+    params, opt_state, train_metrics = sgd.minibatch_epochs(
+        self._loss_fn, self.optimizer, self.lr_schedule, state.params, state.opt_state,
+        batch, k_update, num_epochs=self.update_epochs, num_minibatches=self.num_minibatches,
+        first_update=state.iteration * self.updates_per_iteration,
+        constrain=self.placement.minibatch_constraint)
+    return normalizer, params, opt_state, train_metrics
 
   def _grpo_iteration(self, state: TrainState) -> Tuple[TrainState, Dict[str, Array]]:
     """GRPO: fresh groups, whole-episode rollout, group advantages, critic-free update."""
@@ -456,14 +465,8 @@ class Trainer:
     # (Waiting steps repeat a frozen final observation; they are rare enough, episodes that
     # end before the time limit, that the statistics take every step's obs, as PPO's do.)
     valid_steps = traj.episode[STEP_VALID]
-    normalizer = (obs_norm.update(state.normalizer, traj.obs) if self.normalize_obs
-                  else state.normalizer)
-
-    params, opt_state, train_metrics = sgd.minibatch_epochs(
-        self._loss_fn, self.optimizer, self.lr_schedule, state.params, state.opt_state,
-        batch, k_update, num_epochs=self.update_epochs, num_minibatches=self.num_minibatches,
-        first_update=state.iteration * self.updates_per_iteration,
-        constrain=self.placement.minibatch_constraint)
+    normalizer, params, opt_state, train_metrics = self._update(state, traj.obs, batch,
+                                                                k_update)
 
     metrics = dict(train_metrics)
     metrics.update(M.rollout_metrics(traj.reward, advantages, reward_mask=valid_steps,

@@ -221,8 +221,8 @@ class PandaPickCube(Env):
     cube = data.qpos[c:c + 3]
     tcp_vel = self._tcp_jacp(data).T @ data.qvel[:7]
     # If the input state itself was corrupt, nothing finite is left to keep: zero it out.
-    obs = jnp.where(bad, jnp.nan_to_num(self._obs(data, tcp_vel, cube), nan=0.0, posinf=0.0,
-                                        neginf=0.0), self._obs(data, tcp_vel, cube))
+    obs = self._obs(data, tcp_vel, cube)
+    obs = jnp.where(bad, jnp.nan_to_num(obs, nan=0.0, posinf=0.0, neginf=0.0), obs)
     shaped, terms = self._reward(data, cube, state.info["z_init"])
     if cfg.reward_type == "dense":
       reward = shaped
