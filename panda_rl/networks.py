@@ -2,8 +2,9 @@
 
 Each network is ``encoder -> MLP torso -> head``. The encoder turns an observation (a flat
 float array, or a dict of arrays) into a feature vector [..., F]; :class:`FlatEncoder` is the
-default for state observations, and a CNN encoder for image observations plugs in through
-the ``encoder`` field without touching the heads, the losses or the training loop.
+default for state observations, and :class:`CNNEncoder` (images + proprioception + instruction
+tokens, ``actor.model.encoder = "cnn"``) plugs in through the ``encoder`` field without
+touching the heads, the losses or the training loop.
 
 All modules accept any leading batch shape: obs [..., obs_dim] -> mean [..., A].
 """
@@ -56,6 +57,118 @@ class FlatEncoder(nn.Module):
         parts.append(x.astype(jnp.float32))
       return jnp.concatenate(parts, axis=-1)
     return jnp.asarray(obs, jnp.float32)
+
+
+def _fold_batch(x: Array, event_ndim: int) -> tuple:
+  """[..., *event] -> ([N, *event], leading shape); N = prod(leading) (1 when unbatched)."""
+  lead = x.shape[:x.ndim - event_ndim]
+  return x.reshape((-1,) + x.shape[x.ndim - event_ndim:]), lead
+
+
+class ConvStack(nn.Module):
+  """uint8 images [..., H, W, C] -> features [..., features]: pixels scaled to [0, 1], then
+  ``len(channels)`` convolutions (SAME padding, so any image size works) and one Dense."""
+
+  channels: Sequence[int] = (16, 32, 32)
+  kernels: Sequence[int] = (5, 3, 3)
+  strides: Sequence[int] = (2, 2, 2)
+  features: int = 128
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, images: Array) -> Array:
+    act = activation_fn(self.activation)
+    x, lead = _fold_batch(images, 3)
+    x = x.astype(jnp.float32) * (1.0 / 255.0)
+    for i, (ch, k, st) in enumerate(zip(self.channels, self.kernels, self.strides)):
+      x = act(nn.Conv(int(ch), (int(k), int(k)), strides=(int(st), int(st)), padding="SAME",
+                      kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)),
+                      name=f"conv_{i}")(x))
+    x = x.reshape((x.shape[0], -1))
+    x = act(nn.Dense(int(self.features), kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)),
+                     name="dense")(x))
+    return x.reshape(lead + (x.shape[-1],))
+
+
+class CNNEncoder(nn.Module):
+  """Dict observations with images -> one feature vector [..., F].
+
+  Leaves are told apart by dtype (the convention of the vision envs, e.g.
+  :mod:`panda_rl.envs.pick_cube_vision`):
+
+  * uint8 [..., H, W, C]: camera images. ONE :class:`ConvStack` (shared weights) encodes
+    every view; the per-view features are concatenated in sorted-key order, so the torso
+    still knows which view is which.
+  * other integers [..., L]: instruction token ids; ``nn.Embed`` then the mean over the
+    non-padding (id != 0) tokens -> [..., embed_dim].
+  * floats [..., D]: proprioception, concatenated as they are (the observation normaliser
+    has already standardised them).
+
+  F = num_views * cnn.features + sum(D) + embed_dim (per token leaf).
+  """
+
+  channels: Sequence[int] = (16, 32, 32)
+  kernels: Sequence[int] = (5, 3, 3)
+  strides: Sequence[int] = (2, 2, 2)
+  features: int = 128
+  embed_dim: int = 16
+  vocab_size: Optional[int] = None  # None -> panda_rl.envs.language.VOCAB_SIZE
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, obs: Any) -> Array:
+    if not isinstance(obs, Mapping):
+      raise ValueError("CNNEncoder needs dict observations (images + proprioception), e.g. "
+                       "PandaPickCubeVision-v0; for flat state observations use "
+                       "actor.model.encoder='flat'")
+    views = [k for k in sorted(obs) if obs[k].dtype == jnp.uint8]
+    if not views:
+      raise ValueError(f"CNNEncoder: no uint8 image in the observation (keys {sorted(obs)})")
+    cnn = ConvStack(self.channels, self.kernels, self.strides, self.features,
+                    self.activation, name="cnn")
+    parts = [cnn(obs[k]) for k in views]
+    for k in sorted(obs):
+      x = obs[k]
+      if k in views:
+        continue
+      if jnp.issubdtype(x.dtype, jnp.floating):
+        parts.append(x.astype(jnp.float32))
+      elif jnp.issubdtype(x.dtype, jnp.integer):
+        parts.append(self._embed_tokens(k, x))
+      else:
+        raise ValueError(f"CNNEncoder: observation {k!r} has unsupported dtype {x.dtype}")
+    return jnp.concatenate(parts, axis=-1)
+
+  def _embed_tokens(self, name: str, ids: Array) -> Array:
+    """ids [..., L] -> mean embedding of the non-padding tokens [..., embed_dim]."""
+    vocab = self.vocab_size
+    if vocab is None:
+      from panda_rl.envs.language import VOCAB_SIZE
+
+      vocab = VOCAB_SIZE
+    emb = nn.Embed(int(vocab), int(self.embed_dim), name=f"embed_{name}")(ids)
+    mask = (ids != 0).astype(jnp.float32)[..., None]
+    return jnp.sum(emb * mask, axis=-2) / jnp.maximum(jnp.sum(mask, axis=-2), 1.0)
+
+
+ENCODERS = ("flat", "cnn")
+# actor.model fields that encoder="cnn" reads.
+CNN_FIELDS = ("cnn_channels", "cnn_kernels", "cnn_strides", "cnn_features", "embed_dim")
+
+
+def make_encoder(model_config: Any) -> Optional[nn.Module]:
+  """The encoder ``model_config.encoder`` names (absent -> "flat"); None means the networks'
+  default :class:`FlatEncoder`. Each call returns a fresh module (own parameters)."""
+  kind = model_config.get("encoder", "flat")
+  if kind not in ENCODERS:
+    raise ValueError(f"Unknown encoder {kind!r}; valid: {list(ENCODERS)}")
+  if kind == "flat":
+    return None
+  return CNNEncoder(channels=tuple(int(c) for c in model_config.cnn_channels),
+                    kernels=tuple(int(k) for k in model_config.cnn_kernels),
+                    strides=tuple(int(s) for s in model_config.cnn_strides),
+                    features=int(model_config.cnn_features),
+                    embed_dim=int(model_config.embed_dim))
 
 
 class MLP(nn.Module):
@@ -148,8 +261,14 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                   policy_encoder: Optional[nn.Module] = None,
                   value_encoder: Optional[nn.Module] = None) -> ActorCritic:
   """Builds the agent from ``config.actor.model`` (policy_hidden, value_hidden, activation,
-  init_log_std). Encoders default to :class:`FlatEncoder`."""
+  init_log_std; optional ``encoder`` = "flat" | "cnn" with the cnn_* / embed_dim fields, see
+  :func:`make_encoder`). Explicit encoders override the config's. The policy and the value
+  net each get their own encoder (no shared parameters)."""
   activation_fn(model_config.activation)  # fail on a bad name before anything traces
+  if policy_encoder is None:
+    policy_encoder = make_encoder(model_config)
+  if value_encoder is None and with_value:
+    value_encoder = make_encoder(model_config)
   policy = GaussianPolicy(action_size=int(action_size),
                           hidden=tuple(int(h) for h in model_config.policy_hidden),
                           activation=model_config.activation,

@@ -36,8 +36,9 @@ def make_policy_apply(config: Any, action_size: int, deterministic: bool = True,
 
   Returns:
     ``apply(policy_params, normalizer, obs, key) -> action``: obs [..., D] (or a dict of
-    such) -> action [..., A] in [-1, 1]. Deterministic policies return the Gaussian mean
-    and ignore ``key``; stochastic ones sample with it.
+    arrays with common leading axes, images included) -> action [..., A] in [-1, 1].
+    Deterministic policies return the Gaussian mean and ignore ``key``; stochastic ones
+    sample with it.
   """
   from panda_rl import networks
   from panda_rl import normalizer as norm_lib
@@ -74,8 +75,11 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
 
   Returns:
     ``policy(obs, key=None) -> action``: obs [..., obs_dim] (one observation or a batch)
-    -> action [..., action_size], clipped to [-1, 1]. The function carries ``.config``
-    (the saved ConfigDict), ``.step`` and ``.action_size`` attributes.
+    -> action [..., action_size], clipped to [-1, 1]. For dict observations (vision envs)
+    pass the env's dict, every leaf with the same leading axes (e.g. ``front`` [B, H, W, 3]
+    uint8, ``tcp_pos`` [B, 3], ``instruction`` [B, L]); the network (``actor.model.encoder``)
+    is rebuilt from the saved config. The function carries ``.config`` (the saved
+    ConfigDict), ``.step`` and ``.action_size`` attributes.
   """
   from panda_rl import normalizer as norm_lib
   from panda_rl.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_path

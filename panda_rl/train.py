@@ -42,7 +42,8 @@ ENV_STEPS_PER_S = "time/env_steps_per_s"  # env steps of the iteration / time/it
 ENV_STEPS = "time/env_steps"  # total env steps so far (x axis for "success vs env steps")
 WALL_S = "time/wall_s"  # seconds since this process started training (compile included)
 EVAL_S = "time/eval_s"  # wall time of an evaluation (first one includes its compile)
-TIMING_METRICS = (COMPILE_S, ITERATION_S, ENV_STEPS_PER_S, ENV_STEPS, WALL_S, EVAL_S)
+VIDEO_S = "time/video_s"  # wall time of writing an evaluation's videos (first: + compile)
+TIMING_METRICS = (COMPILE_S, ITERATION_S, ENV_STEPS_PER_S, ENV_STEPS, WALL_S, EVAL_S, VIDEO_S)
 
 # Metrics whose non-finite value means the parameters are poisoned.
 _NAN_GUARDED = (M.LOSS, M.POLICY_LOSS, M.VALUE_LOSS)
@@ -75,19 +76,80 @@ class TrainResult:
 # Hooks and helpers.
 
 
-def video_recorder(config: ml_collections.ConfigDict, workdir: Path) -> Optional[Callable]:
-  """Returns ``record(trainer, state, key, step)`` writing eval videos, or None if disabled.
+def video_dir(config: ml_collections.ConfigDict) -> Path:
+  """Where evaluation videos go: ``env.eval.video_cfg.video_base_dir`` if set, else
+  ``<runner.logger.log_path>/video/eval`` (the issue's default), with ``<project>/<experiment>``
+  below it so that runs never overwrite each other's videos."""
+  base = config.env.eval.video_cfg.get("video_base_dir", "")
+  if base:
+    return Path(base).expanduser()
+  logger = config.runner.logger
+  return (Path(logger.log_path).expanduser() / "video" / "eval" / logger.project_name /
+          logger.experiment_name)
 
-  HOOK for the video issue: implement the recorder here (render ``video_cfg.num_videos``
-  deterministic eval episodes to ``video_cfg.video_base_dir`` or
-  ``<log_path>/video/eval``). It is called right after each evaluation.
+
+class EvalVideos:
+  """The evaluation-video hook: ``record(trainer, state, key, step) -> [paths]``.
+
+  Writes ``video_cfg.num_videos`` deterministic (mean-action) episodes of the eval env as
+  ``<video_dir>/iter_<step:06d>_ep<i>.mp4`` (see :mod:`panda_rl.video`). Episode i starts
+  from the same reset key as the evaluation's env i (``key`` is the evaluation's), so the
+  videos show the first evaluation episodes. The recording program is compiled at the first
+  call; later calls pass the new parameters as arguments and reuse it.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, directory: Path):
+    from panda_rl import video
+
+    vc = config.env.eval.video_cfg
+    try:
+      self.num_videos, h, w, self.fps = video.check_settings(vc.num_videos, vc.resolution,
+                                                             vc.fps)
+    except ValueError as e:
+      raise ConfigError(f"env.eval.video_cfg: {e}") from None
+    self.resolution = (h, w)
+    self.directory = Path(directory)
+    self._recorder = None
+
+  def prepare(self, trainer: Any) -> None:
+    """Builds the recorder for ``trainer.eval_env`` (no compiling).
+
+    Raises:
+      ConfigError: the eval env cannot be rendered (no ``mj_model``, cameras or time limit).
+    """
+    from panda_rl import video
+
+    def policy(params, obs):
+      return trainer.policy_fn(params["params"], params["normalizer"],
+                               deterministic=True)(obs)
+
+    try:
+      self._recorder = video.VideoRecorder(
+          trainer.eval_env, policy, num_videos=self.num_videos, resolution=self.resolution,
+          fps=self.fps)
+    except (ValueError, AttributeError) as e:
+      raise ConfigError(f"env.eval.video_cfg.save_video=True, but {e}. Run with "
+                        "--config.env.eval.video_cfg.save_video=False.") from None
+
+  def __call__(self, trainer: Any, state: Any, key: jax.Array, step: int) -> list:
+    from panda_rl import video
+
+    if self._recorder is None:
+      self.prepare(trainer)
+    params = video.local_copy({"params": state.params, "normalizer": state.normalizer})
+    return self._recorder.record(params, key, self.directory, f"iter_{int(step):06d}")
+
+
+def video_recorder(config: ml_collections.ConfigDict) -> Optional[EvalVideos]:
+  """Returns the hook writing eval videos (:class:`EvalVideos`), or None if disabled.
+
+  Called before anything is built: checks the video settings (ConfigError). Videos go to
+  :func:`video_dir`; the training loop calls the hook right after each evaluation, on
+  process 0 only, and a failure there is logged as a warning without stopping training.
   """
   if not config.env.eval.video_cfg.save_video:
     return None
-  raise NotImplementedError(
-      "env.eval.video_cfg.save_video=True, but evaluation videos are not implemented yet "
-      "(hook: panda_rl.train.video_recorder). Run with "
-      "--config.env.eval.video_cfg.save_video=False.")
+  return EvalVideos(config, video_dir(config))
 
 
 def _host(metrics: Mapping[str, Any]) -> Dict[str, float]:
@@ -218,9 +280,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ConfigError(str(e)) from None
   check_backends(logger_backends(config))
   workdir = Path(workdir) if workdir is not None else run_dir(config)
-  record_video = video_recorder(config, workdir)
+  record_video = video_recorder(config)
 
   trainer = training.Trainer(config)
+  if record_video is not None and hasattr(record_video, "prepare"):
+    record_video.prepare(trainer)  # an eval env that cannot be rendered fails here
   ckpt = Checkpointer(workdir / CHECKPOINT_SUBDIR, max_to_keep=config.runner.max_to_keep)
   run = _Run(config, trainer, ckpt, workdir, record_video)
   try:
@@ -324,11 +388,24 @@ class _Run:
     out = _host(self.trainer.evaluate(state, key))
     out[EVAL_S] = time.perf_counter() - t0  # the first evaluation includes its compile
     if self.record_video is not None and jax.process_index() == 0:
-      self.record_video(self.trainer, state, key, done)
+      out.update(self._record_video(state, key, done))
     self.eval_metrics = out
     self.say(f"[iter {done}/{self.r.max_epochs}] env steps {env_steps:,}  " + "  ".join(
         f"{k}={v:.4g}" for k, v in out.items()))
     return out
+
+  def _record_video(self, state, key, done: int) -> Dict[str, float]:
+    """Writes the evaluation videos; a failure is a warning, never a lost log or checkpoint."""
+    from absl import logging as absl_logging
+
+    t0 = time.perf_counter()
+    try:
+      self.record_video(self.trainer, state, key, done)
+    except Exception as e:  # noqa: BLE001 - videos are a by-product; training goes on
+      absl_logging.warning("Evaluation videos of iteration %d were not written: %s: %s",
+                           done, type(e).__name__, e)
+      return {}
+    return {VIDEO_S: time.perf_counter() - t0}
 
   def _save(self, state, done: int, env_steps: int) -> None:
     meta = dict(_sizes(self.trainer), iteration=done, env_steps=env_steps,

@@ -43,10 +43,11 @@ from panda_rl.agents import grpo as grpo_lib
 from panda_rl.agents import ppo as ppo_lib
 from panda_rl.agents import sgd
 from panda_rl.config import ConfigError
+from panda_rl.envs import registry as envs_registry
 from panda_rl.envs.base import AutoResetWrapper, EnvState
 from panda_rl.envs.groups import GROUP_RESET, STEP_VALID, GroupAutoResetWrapper
-from panda_rl.networks import (ActorCritic, activation_fn, gaussian_log_prob,
-                               gaussian_sample, make_networks)
+from panda_rl.networks import (CNN_FIELDS, ENCODERS, ActorCritic, activation_fn,
+                               gaussian_log_prob, gaussian_sample, make_networks)
 
 Array = jax.Array
 ADV_TYPES = ("gae", "grpo")
@@ -130,6 +131,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     activation_fn(model.activation)
   except ValueError as e:
     errors.append(f"actor.model.activation: {e}")
+  encoder = model.get("encoder", "flat")
+  need(encoder in ENCODERS,
+       f"actor.model.encoder must be one of {list(ENCODERS)}, got {encoder!r}")
+  if encoder == "cnn":
+    missing = [f for f in CNN_FIELDS if f not in model]
+    need(not missing, f"actor.model.encoder='cnn' needs the fields actor.model.{missing} "
+         "(see configs/mujoco_ppo_cnn.py)")
+    if not missing:
+      lens = {f: len(tuple(model[f])) for f in ("cnn_channels", "cnn_kernels", "cnn_strides")}
+      need(len(set(lens.values())) == 1 and lens["cnn_channels"] >= 1,
+           f"actor.model.cnn_channels / cnn_kernels / cnn_strides must have the same length "
+           f">= 1 (one entry per conv layer), got lengths {lens}")
   if alg.adv_type == "grpo":
     group_size = alg.get("group_size", None)
     if not pos_int(group_size) or group_size < 2:
@@ -177,16 +190,35 @@ def make_optimizer(config: ml_collections.ConfigDict,
   return adam
 
 
+def _make_env(env_id: str, overrides: Dict[str, Any], section: str):
+  """``panda_rl.make`` with a hint on where unknown env keys came from."""
+  try:
+    return panda_rl.make(env_id, **overrides)
+  except ValueError as e:
+    if "unknown config key" not in str(e):
+      raise
+    raise ConfigError(f"{e}\n(The keys come from config {section}.overrides; when switching "
+                      f"env_id, replace them, e.g. --config.{section}.overrides={{}}.)") from None
+
+
 def _env_settings(section: ml_collections.ConfigDict,
                   fallback: ml_collections.ConfigDict) -> Tuple[str, Dict[str, Any]]:
-  """(env_id, overrides) of an env section; eval falls back to the train env's."""
+  """(env_id, overrides) of an env section; eval falls back to the train env's.
+
+  Falling back drops the train env's training-only keys (reset curricula, see
+  ``registry.eval_overrides``), so evaluation measures the task as specified.
+  """
   env_id = section.get("env_id", None) or fallback.env_id
   overrides = section.get("overrides", None)
+  inherited = overrides is None and section is not fallback
   if overrides is None:
     overrides = fallback.get("overrides", None)
   if isinstance(overrides, ml_collections.ConfigDict):
     overrides = overrides.to_dict()
-  return env_id, dict(overrides or {})
+  overrides = dict(overrides or {})
+  if inherited:
+    overrides = envs_registry.eval_overrides(env_id, overrides)
+  return env_id, overrides
 
 
 # --- the trainer --------------------------------------------------------------------------
@@ -220,13 +252,13 @@ class Trainer:
     eval_id, eval_over = _env_settings(config.env.eval, config.env.train)
     if self.adv_type == "grpo":
       self.group_size = int(alg.group_size)
-      self.env = GroupAutoResetWrapper(panda_rl.make(train_id, **train_over),
+      self.env = GroupAutoResetWrapper(_make_env(train_id, train_over, "env.train"),
                                        int(config.env.train.num_envs), self.group_size)
       self._check_grpo_rollout(train_id)
     else:
-      self.env = AutoResetWrapper(panda_rl.make(train_id, **train_over),
+      self.env = AutoResetWrapper(_make_env(train_id, train_over, "env.train"),
                                   int(config.env.train.num_envs))
-    self.eval_env = AutoResetWrapper(panda_rl.make(eval_id, **eval_over),
+    self.eval_env = AutoResetWrapper(_make_env(eval_id, eval_over, "env.eval"),
                                      int(config.env.eval.num_envs))
     self.steps_per_iteration = self.env.num_envs * self.num_steps
     self._check_envs()

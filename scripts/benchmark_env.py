@@ -3,12 +3,17 @@
     python scripts/benchmark_env.py                       # state env, default batches
     python scripts/benchmark_env.py --batch 512 2048 --steps 50 --json out.json
     python scripts/benchmark_env.py --no-fast-flags       # measure without panda_rl's XLA flags
+    python scripts/benchmark_env.py --env PandaPickCubeVision-v0 --image-size 64 128 \\
+        --batch 64 256 1024                               # vision env: physics + rendering
 
 One "env step" is a full control step: the operational-space controller and all physics
-substeps (4 by default) for one env. Actions are uniform random in [-1, 1], generated on
-device inside the scanned loop, with auto-reset. A watchdog reports a hang (jax 0.10 is
-known to deadlock on CPU at large batch) instead of waiting forever. Prints a table and
-writes JSON.
+substeps (4 by default) for one env, plus, for the vision env, rendering its two camera
+images. Actions are uniform random in [-1, 1], generated on device inside the scanned loop,
+with auto-reset. For the vision env every (image size, batch) pair is timed, and the
+renderer alone (``jit(vmap(renderer.render))`` on the batch's states after the timed
+steps: no physics) is timed too, as ms per camera image and its share of the env step.
+A watchdog reports a hang (jax 0.10 is known to deadlock on CPU at large batch) instead of
+waiting forever. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ def _parse():
   p.add_argument("--steps", type=int, default=40, help="control steps per timed call")
   p.add_argument("--repeats", type=int, default=3, help="timed calls per batch (median)")
   p.add_argument("--timeout", type=float, default=600.0, help="watchdog seconds per batch")
+  p.add_argument("--image-size", type=int, nargs="+", default=[64, 128],
+                 help="vision envs: square image sizes to time (ignored for state envs)")
   p.add_argument("--no-fast-flags", action="store_true",
                  help="do not let panda_rl set its XLA:CPU flags (regression check)")
   p.add_argument("--override", nargs="*", default=[], help="env overrides key=value")
@@ -43,6 +50,19 @@ def _value(text):
     return text
 
 
+def _watch(work, timeout):
+  """Runs ``work()`` in a daemon thread; returns False if it did not finish in time."""
+  th = threading.Thread(target=work, daemon=True)
+  th.start()
+  th.join(timeout)
+  return not th.is_alive()
+
+
+def _median(times):
+  times = sorted(times)
+  return times[len(times) // 2]
+
+
 def main():
   args = _parse()
   if args.no_fast_flags:
@@ -50,14 +70,17 @@ def main():
   import panda_rl  # sets XLA flags before the backend starts
   from panda_rl import _xla
   import jax
-  import jax.numpy as jnp
   from panda_rl.envs.base import AutoResetWrapper
 
   overrides = dict(kv.split("=", 1) for kv in args.override)
   overrides = {k: _value(v) for k, v in overrides.items()}
-  rows = []
-  for batch in args.batch:
-    env = AutoResetWrapper(panda_rl.make(args.env, **overrides), batch)
+  vision = hasattr(panda_rl.make(args.env, **overrides), "renderer")
+  sizes = args.image_size if vision else [None]
+
+  def measure(batch, size):
+    """Times the env (and, for vision envs, the renderer alone); one row, or None on hang."""
+    extra = {} if size is None else {"image_height": size, "image_width": size}
+    env = AutoResetWrapper(panda_rl.make(args.env, **overrides, **extra), batch)
     n_act = env.action_size
 
     def rollout(state, key):
@@ -87,35 +110,79 @@ def main():
         jax.block_until_ready(r)
         times.append(time.perf_counter() - t0)
       result["times"] = times
+      if size is not None:  # the renderer alone, on the states the steps reached
+        render = jax.jit(jax.vmap(env.unwrapped.renderer.render))
+        t0 = time.perf_counter()
+        jax.block_until_ready(render(state.data))
+        result["render_compile_s"] = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+          t0 = time.perf_counter()
+          jax.block_until_ready(render(state.data))
+          times.append(time.perf_counter() - t0)
+        result["render_times"] = times
 
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    th.join(args.timeout)
-    if th.is_alive():
-      rows.append({"batch": batch, "hang": True})
-      print(f"batch {batch}: NO RESULT after {args.timeout:.0f}s (hung, or slower than the "
-            "watchdog allows)", flush=True)
-      break
-    times = sorted(result["times"])
-    med = times[len(times) // 2]
+    if not _watch(work, args.timeout):
+      return None
+    med = _median(result["times"])
     sps = batch * args.steps / med
-    rows.append({"batch": batch, "env_steps_per_s": sps,
-                 "physics_steps_per_s": sps * env.unwrapped.n_substeps,
-                 "compile_s": result["compile_s"], "median_call_s": med, "hang": False})
-    print(f"batch {batch:6d}: {sps:10.0f} env steps/s  (compile+first {result['compile_s']:.1f}s)",
-          flush=True)
+    row = {"batch": batch, "env_steps_per_s": sps,
+           "physics_steps_per_s": sps * env.unwrapped.n_substeps,
+           "compile_s": result["compile_s"], "median_call_s": med, "hang": False}
+    if size is not None:
+      ncam = len(env.unwrapped.renderer.camera_names)
+      render_s = _median(result["render_times"])
+      row.update(image_size=size, cameras=ncam,
+                 render_ms_per_image=render_s * 1e3 / (batch * ncam),
+                 render_ms_per_env=render_s * 1e3 / batch,
+                 # rendering's share of one env step (physics + controller + rendering)
+                 render_share=(render_s / batch) / (med / (batch * args.steps)),
+                 render_compile_s=result["render_compile_s"])
+    return row
+
+  rows = []
+  for size, batch in [(s, b) for s in sizes for b in args.batch]:
+    what = f"batch {batch:6d}" + ("" if size is None else f" @ {size}x{size}")
+    row = measure(batch, size)
+    if row is None:
+      rows.append({"batch": batch, "hang": True, **({} if size is None else
+                                                     {"image_size": size})})
+      print(f"{what}: NO RESULT after {args.timeout:.0f}s (hung, or slower than the "
+            "watchdog allows)", flush=True)
+      break  # a hung thread still holds the CPU: later timings would mean nothing
+    rows.append(row)
+    msg = f"{what}: {row['env_steps_per_s']:10.0f} env steps/s  (compile+first " \
+          f"{row['compile_s']:.1f}s)"
+    if size is not None:
+      msg += f"; renderer {row['render_ms_per_image']:.3f} ms/image"
+    print(msg, flush=True)
 
   print()
-  print(f"{'batch':>7} | {'env steps/s':>12} | {'physics steps/s':>15} | {'compile s':>9}")
-  print("-" * 54)
-  for r in rows:
-    if r["hang"]:
-      print(f"{r['batch']:>7} | {'NO RESULT':>12} |")
-    else:
-      print(f"{r['batch']:>7} | {r['env_steps_per_s']:>12.0f} | {r['physics_steps_per_s']:>15.0f} | "
-            f"{r['compile_s']:>9.1f}")
+  if vision:
+    head = (f"{'image':>7} | {'batch':>7} | {'env steps/s':>12} | {'render ms/image':>15} | "
+            f"{'render share':>12} | {'compile s':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+      size = f"{r['image_size']}x{r['image_size']}"
+      if r["hang"]:
+        print(f"{size:>7} | {r['batch']:>7} | {'NO RESULT':>12} |")
+      else:
+        print(f"{size:>7} | {r['batch']:>7} | {r['env_steps_per_s']:>12.0f} | "
+              f"{r['render_ms_per_image']:>15.3f} | {r['render_share']:>12.0%} | "
+              f"{r['compile_s']:>9.1f}")
+  else:
+    print(f"{'batch':>7} | {'env steps/s':>12} | {'physics steps/s':>15} | {'compile s':>9}")
+    print("-" * 54)
+    for r in rows:
+      if r["hang"]:
+        print(f"{r['batch']:>7} | {'NO RESULT':>12} |")
+      else:
+        print(f"{r['batch']:>7} | {r['env_steps_per_s']:>12.0f} | "
+              f"{r['physics_steps_per_s']:>15.0f} | {r['compile_s']:>9.1f}")
   out = {
       "env": args.env, "overrides": overrides, "steps_per_call": args.steps,
+      "image_sizes": sizes if vision else None,
       "xla_status": _xla.STATUS, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),

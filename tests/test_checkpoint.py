@@ -300,6 +300,8 @@ def test_nan_loss_stops_without_saving(fake_trainer, tmp_path, monkeypatch):
   assert step == 4 and int(state.iteration) == 4
 
 
-def test_video_hook_raises_until_implemented(fake_trainer, tmp_path):
-  with pytest.raises(NotImplementedError, match="save_video"):
+def test_video_hook_needs_a_renderable_eval_env(fake_trainer, tmp_path):
+  """The fake trainer's eval env has no MuJoCo model: a clear error before training."""
+  from panda_rl.config import ConfigError
+  with pytest.raises(ConfigError, match="save_video"):
     train_and_evaluate(_config(tmp_path, "env.eval.video_cfg.save_video=True"))

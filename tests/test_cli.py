@@ -28,6 +28,7 @@ RUN = ("panda_rl", "mujoco_ppo_mlp")  # default project / experiment sub-directo
 
 TINY = [
     "--config.env.train.env_id=PointReach-v0",
+    "--config.env.train.overrides={}",
     "--config.env.train.num_envs=8",
     "--config.env.eval.num_envs=4",
     "--config.rollout.num_steps=16",  # episodes last 25 steps: some end in iterations 2 and 4

@@ -314,6 +314,7 @@ def probe_config():
   """GRPO on the probe: 8 groups of 8 x one 25-step episode = 1600 samples per iteration."""
   c = load_config(GRPO_CONFIG)
   c.env.train.env_id = "PointReach-v0"
+  c.env.train.overrides = {}  # the default config's overrides are PandaPickCube's
   c.env.train.num_envs = 64
   c.env.eval.num_envs = 64
   c.rollout.num_steps = 25
@@ -406,6 +407,7 @@ def test_cli_run_logs_grpo_metrics_and_no_critic(cli_env, tmp_path):
   args = [
       f"--config={GRPO_CONFIG}",
       "--config.env.train.env_id=PointReach-v0",
+      "--config.env.train.overrides={}",
       "--config.env.train.num_envs=8",
       "--config.algorithm.group_size=4",
       "--config.env.eval.num_envs=4",

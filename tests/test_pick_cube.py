@@ -215,3 +215,58 @@ def test_reset_in_hand_curriculum():
   # Not held: the ordinary reset.
   np.testing.assert_allclose(obs["cube_pos"][~held, 2], 0.02, atol=1e-6)
   np.testing.assert_allclose(obs["gripper_pos"][~held], 0.08, atol=1e-6)
+
+
+def test_reset_pregrasp_curriculum_puts_the_open_hand_at_the_cube():
+  env = panda_rl.make("PandaPickCube-v0", reset_pregrasp_prob=0.5)
+  state = jax.jit(jax.vmap(env.reset))(_keys(256, 9))
+  obs = PandaPickCube.obs_dict(np.asarray(state.obs))
+  posed = np.linalg.norm(obs["tcp_pos"] - np.asarray(env._home_tcp), axis=-1) > 1e-3
+  assert 0.35 < posed.mean() < 0.65  # about half of the resets
+  rel = obs["tcp_pos"][posed] - obs["cube_pos"][posed]
+  # Open hand over the cube: xy within the 1 cm jitter, TCP at one of the grid heights.
+  assert np.all(np.abs(rel[:, :2]) <= 0.0101)
+  heights = np.asarray(env.config.pregrasp_heights)
+  assert np.all(np.min(np.abs(rel[:, 2:3] - heights[None]), axis=1) < 1e-3)
+  np.testing.assert_allclose(obs["gripper_pos"], 0.08, atol=1e-6)
+  np.testing.assert_allclose(obs["cube_pos"][:, 2], 0.02, atol=1e-6)  # on the floor
+  # The target starts at the TCP, and the grid poses point the hand down like home.
+  np.testing.assert_allclose(state.info["target"], obs["tcp_pos"], atol=1e-5)
+  rot = np.asarray(state.data.site_xmat)[:, env._tcp].reshape(-1, 3, 3)
+  np.testing.assert_allclose(rot[posed], np.broadcast_to(np.diag([1.0, -1.0, -1.0]),
+                                                         rot[posed].shape), atol=1e-2)
+
+
+def test_target_modes(pick_env, pick_fns):
+  """"tcp": the step's target starts at the measured TCP; "accumulate": at the last target."""
+  with pytest.raises(ValueError, match="target_mode"):
+    panda_rl.make("PandaPickCube-v0", target_mode="absolute")
+  action = jnp.array([[0.5, -0.5, 0.0, 0.0]])
+  for mode in ("tcp", "accumulate"):
+    if mode == "tcp":
+      env, (reset, step) = pick_env, pick_fns
+    else:
+      env = panda_rl.make("PandaPickCube-v0", target_mode=mode)
+      reset, step = jax.jit(jax.vmap(env.reset)), jax.jit(jax.vmap(env.step))
+    assert env.config.target_mode == mode
+    state = reset(_keys(1))
+    state = state.replace(info=dict(state.info, target=state.info["target"] + 0.05))
+    origin = (state.data.site_xpos[:, env._tcp] if mode == "tcp" else state.info["target"])
+    expected = np.clip(origin + 0.1 * np.asarray(action[:, :3]), env.config.workspace_low,
+                       env.config.workspace_high)
+    out = step(state, action)
+    np.testing.assert_allclose(out.info["target"], expected, atol=1e-6)
+
+
+def test_eval_env_drops_training_only_curricula():
+  from panda_rl.envs.registry import eval_overrides
+  train = {"reset_pregrasp_prob": 0.4, "reset_in_hand_prob": 0.1, "episode_length": 50}
+  assert eval_overrides("PandaPickCube-v0", train) == {"episode_length": 50}
+  assert eval_overrides("PointReach-v0", {"episode_length": 7}) == {"episode_length": 7}
+  import ml_collections
+  from panda_rl.training import _env_settings
+  cfg = ml_collections.ConfigDict({
+      "train": {"env_id": "PandaPickCube-v0", "overrides": train},
+      "eval": {"num_envs": 4}})
+  assert _env_settings(cfg.eval, cfg.train) == ("PandaPickCube-v0", {"episode_length": 50})
+  assert _env_settings(cfg.train, cfg.train) == ("PandaPickCube-v0", train)

@@ -43,6 +43,7 @@ PLACEMENTS = {
 
 TINY = {
     "env.train.env_id": "PointReach-v0",
+    "env.train.overrides": {},
     "env.train.num_envs": 32,
     "env.eval.num_envs": 8,
     "rollout.num_steps": 16,

@@ -30,6 +30,7 @@ def probe_config():
   """PPO sized for the probe: 32 envs x 16 steps = 512 samples per iteration."""
   c = base_config()
   c.env.train.env_id = "PointReach-v0"
+  c.env.train.overrides = {}  # the default config's overrides are PandaPickCube's
   c.env.train.num_envs = 32
   c.env.eval.num_envs = 64
   c.rollout.num_steps = 16

@@ -40,6 +40,7 @@ ASSET = os.path.join(os.path.dirname(__file__), "assets", "panda_pick_cube.xml")
 HOME_QPOS = (0.0, -0.785, 0.0, -2.35, 0.0, 1.57, 0.785)
 OBS_LAYOUT = (("tcp_pos", 3), ("tcp_vel", 3), ("gripper_pos", 1), ("cube_pos", 3))
 REWARD_TYPES = ("dense", "relative", "sparse")
+TARGET_MODES = ("tcp", "accumulate")
 TORQUE_LIMITS = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
 
 
@@ -50,6 +51,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.sim_dt = 0.005  # physics step; ctrl_dt / sim_dt substeps per control step
   c.episode_length = 100  # control steps before truncation
   c.action_scale_xyz = 0.1  # metres the target moves per unit action per step
+  # Where each step's xyz displacement starts from: "tcp" (the measured TCP, so the target
+  # never runs ahead of the arm and the observation tells the policy everything it needs)
+  # or "accumulate" (the previous target: the target is hidden state that can lead the
+  # TCP by many centimetres). BENCHMARKS.md compares the two for PPO.
+  c.target_mode = "tcp"
   c.action_scale_grip = 1.0  # gripper-command change per unit action
   c.workspace_low = (0.2, -0.3, 0.0)  # target clip box, lower corner (m)
   c.workspace_high = (0.6, 0.3, 0.5)  # target clip box, upper corner (m)
@@ -60,6 +66,11 @@ def default_config() -> ml_collections.ConfigDict:
   # pose (lift measured from the floor). A training curriculum: it shows the learner what
   # holding the cube is worth; evaluation always uses 0 (the task as specified).
   c.reset_in_hand_prob = 0.0
+  # Share of resets that start with the open hand around (or a little above) the cube on the
+  # floor, at one of a grid of precomputed arm poses: a reverse curriculum that makes closing
+  # on the cube and lifting it easy to discover. Evaluation always uses 0.
+  c.reset_pregrasp_prob = 0.0
+  c.pregrasp_heights = (0.0, 0.03, 0.06)  # TCP heights above the cube centre in that grid (m)
   c.out_of_bounds_margin = 0.1  # terminate when the cube leaves workspace + margin
   c.osc_kp = 200.0  # task-space stiffness (position and orientation)
   c.osc_damping_ratio = 1.0  # task-space damping ratio
@@ -87,6 +98,9 @@ def _config(overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
   if cfg.reward_type not in REWARD_TYPES:
     raise ValueError(f"PandaPickCube: reward_type must be one of {REWARD_TYPES}, "
                      f"got {cfg.reward_type!r}")
+  if cfg.target_mode not in TARGET_MODES:
+    raise ValueError(f"PandaPickCube: target_mode must be one of {TARGET_MODES}, "
+                     f"got {cfg.target_mode!r}")
   n = cfg.ctrl_dt / cfg.sim_dt
   if abs(n - round(n)) > 1e-6 or round(n) < 1:
     raise ValueError(f"PandaPickCube: ctrl_dt ({cfg.ctrl_dt}) must be a positive integer "
@@ -100,6 +114,9 @@ def _quat_yaw(yaw: jax.Array) -> jax.Array:
 
 class PandaPickCube(Env):
   """Functional pick-cube env: ``reset(key)`` and ``step(state, action)`` for ONE env."""
+
+  # Reset curricula: an eval env built from the training overrides drops them.
+  TRAIN_ONLY_KEYS = ("reset_in_hand_prob", "reset_pregrasp_prob")
 
   def __init__(self, **overrides):
     self.config = cfg = _config(overrides)
@@ -133,6 +150,8 @@ class PandaPickCube(Env):
     self._template = mjx.put_data(mj, data, impl="jax")
     self._home_tcp = jnp.asarray(data.site_xpos[self._tcp], jnp.float32)
     self._in_hand = self._in_hand_template(mj, data.site_xpos[self._tcp].copy())
+    if cfg.reset_pregrasp_prob > 0:
+      self._pregrasp, self._pregrasp_tcp = self._pregrasp_templates(mj, data)
 
   # ------------------------------------------------------------------ interface
   @property
@@ -164,9 +183,62 @@ class PandaPickCube(Env):
     mujoco.mj_forward(mj, data)
     return mjx.put_data(mj, data, impl="jax")
 
+  def _pregrasp_templates(self, mj, home):
+    """Stacked mjx.Data of the open hand posed over a grid of cube positions (host, once).
+
+    Each pose comes from damped-least-squares IK on the TCP (position + pointing down), and
+    is checked to be within 1 mm / 0.01 rad of its goal; poses out of reach are left out.
+    """
+    cfg = self.config
+    c = self._cube_qpos
+    z_cube = float(home.qpos[c + 2])
+    (x0, y0), (x1, y1) = cfg.cube_xy_low, cfg.cube_xy_high
+    goals = [(x, y, z_cube + dz) for x in np.linspace(x0, x1, 4) for y in np.linspace(y0, y1, 5)
+             for dz in cfg.pregrasp_heights]
+    rot_goal = np.asarray(self._rot_target, np.float64)
+    lo, hi = mj.jnt_range[:7, 0], mj.jnt_range[:7, 1]
+    jacp, jacr = np.zeros((3, mj.nv)), np.zeros((3, mj.nv))
+    datas, tcps = [], []
+    for goal in goals:
+      data = mujoco.MjData(mj)
+      mujoco.mj_resetDataKeyframe(mj, data, mj.key("home").id)
+      if datas:  # warm start from the neighbouring grid pose
+        data.qpos[:7] = q_prev
+      for _ in range(500):
+        mujoco.mj_kinematics(mj, data)
+        mujoco.mj_comPos(mj, data)
+        rot = data.site_xmat[self._tcp].reshape(3, 3)
+        err = np.concatenate([np.asarray(goal) - data.site_xpos[self._tcp],
+                              0.5 * np.sum(np.cross(rot.T, rot_goal.T), axis=0)])
+        if np.linalg.norm(err[:3]) < 1e-4 and np.linalg.norm(err[3:]) < 1e-3:
+          break
+        mujoco.mj_jacSite(mj, data, jacp, jacr, self._tcp)
+        jac = np.concatenate([jacp, jacr])[:, :7]
+        dq = jac.T @ np.linalg.solve(jac @ jac.T + 1e-3 * np.eye(6), err)
+        # Pull toward the home posture in the nullspace so the elbow stays up.
+        null = np.eye(7) - np.linalg.pinv(jac) @ jac
+        dq = dq + 0.1 * null @ (np.asarray(HOME_QPOS) - data.qpos[:7])
+        dq *= min(1.0, 0.2 / (np.linalg.norm(dq) + 1e-12))
+        data.qpos[:7] = np.clip(data.qpos[:7] + dq, lo, hi)
+      if np.linalg.norm(err[:3]) > 1e-3 or np.linalg.norm(err[3:]) > 1e-2:
+        continue  # out of reach with the hand pointing down (near the base): skip it
+      q_prev = data.qpos[:7].copy()
+      data.qpos[c:c + 3] = (goal[0], goal[1], z_cube)
+      data.ctrl[7:9] = cfg.max_finger_opening
+      mujoco.mj_forward(mj, data)
+      datas.append(mjx.put_data(mj, data, impl="jax"))
+      tcps.append(data.site_xpos[self._tcp].copy())
+    if len(datas) < len(goals) // 2:
+      raise RuntimeError(f"PandaPickCube: pre-grasp IK reached only {len(datas)} of "
+                         f"{len(goals)} grid poses; check cube_xy_low/high and pregrasp_heights")
+    # Stack on the host: jnp.stack would compile one op per field shape.
+    stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])),
+                           *datas)
+    return stacked, jnp.asarray(np.stack(tcps), jnp.float32)
+
   def reset(self, key: jax.Array) -> EnvState:
     cfg = self.config
-    k_xy, k_yaw, k_hand = jax.random.split(key, 3)
+    k_xy, k_yaw, k_hand, k_pre, k_pose, k_off = jax.random.split(key, 6)
     xy = jax.random.uniform(k_xy, (2,), minval=jnp.asarray(cfg.cube_xy_low),
                             maxval=jnp.asarray(cfg.cube_xy_high))
     yaw = jax.random.uniform(k_yaw, (), minval=-cfg.cube_yaw_range, maxval=cfg.cube_yaw_range)
@@ -176,15 +248,26 @@ class PandaPickCube(Env):
     data = t.replace(qpos=qpos)
     z_floor = qpos[c + 2]
     grip = jnp.zeros(())
+    target = self._home_tcp
+    if cfg.reset_pregrasp_prob > 0:
+      pre = jax.random.bernoulli(k_pre, cfg.reset_pregrasp_prob)
+      k = jax.random.randint(k_pose, (), 0, self._pregrasp_tcp.shape[0])
+      posed = jax.tree.map(lambda x: x[k], self._pregrasp)
+      # The cube sits under the TCP, up to 1 cm off centre (the open hand spans 8 cm).
+      off = jax.random.uniform(k_off, (2,), minval=-0.01, maxval=0.01)
+      posed = posed.replace(qpos=posed.qpos.at[c:c + 2].add(off))
+      data = jax.tree.map(lambda a, b: jnp.where(pre, a, b), posed, data)
+      target = jnp.where(pre, self._pregrasp_tcp[k], target)
     if cfg.reset_in_hand_prob > 0:
       in_hand = jax.random.bernoulli(k_hand, cfg.reset_in_hand_prob)
       data = jax.tree.map(lambda a, b: jnp.where(in_hand, a, b), self._in_hand, data)
       grip = in_hand.astype(jnp.float32)
+      target = jnp.where(in_hand, self._home_tcp, target)
     cube = data.qpos[c:c + 3]
     obs = self._obs(data, jnp.zeros(3), cube)
     info = {
         "step": jnp.zeros((), jnp.int32),
-        "target": self._home_tcp,
+        "target": target,
         "grip_cmd": grip,
         "z_init": z_floor,
         "prev_reward": jnp.zeros(()),
@@ -200,8 +283,9 @@ class PandaPickCube(Env):
     self.check_action(action)
     cfg = self.config
     action = jnp.clip(action, -1.0, 1.0)
-    target = jnp.clip(state.info["target"] + cfg.action_scale_xyz * action[:3],
-                      self._ws_low, self._ws_high)
+    origin = (state.data.site_xpos[self._tcp] if cfg.target_mode == "tcp"
+              else state.info["target"])
+    target = jnp.clip(origin + cfg.action_scale_xyz * action[:3], self._ws_low, self._ws_high)
     grip = jnp.clip(state.info["grip_cmd"] + cfg.action_scale_grip * action[3], 0.0, 1.0)
     finger = cfg.max_finger_opening * (1.0 - grip)
 

@@ -11,6 +11,7 @@ from panda_rl.envs.base import Env
 # name -> "module:factory"; modules are imported lazily so `import panda_rl` stays cheap.
 _REGISTRY: Dict[str, str] = {
     "PandaPickCube-v0": "panda_rl.envs.pick_cube:PandaPickCube",
+    "PandaPickCubeVision-v0": "panda_rl.envs.pick_cube_vision:PandaPickCubeVision",
     "PointReach-v0": "panda_rl.envs.probe:PointReach",
 }
 
@@ -39,3 +40,13 @@ def make(name: str, **overrides) -> Env:
   Unknown override keys fail with a message listing the valid ones.
   """
   return _factory(name)(**overrides)
+
+
+def eval_overrides(name: str, train_overrides: Dict) -> Dict:
+  """The train env's overrides minus its training-only keys (reset curricula).
+
+  An env class lists such keys in ``TRAIN_ONLY_KEYS``; evaluation built from the training
+  settings then measures the task as specified, not the curriculum.
+  """
+  train_only = set(getattr(_factory(name), "TRAIN_ONLY_KEYS", ()))
+  return {k: v for k, v in dict(train_overrides).items() if k not in train_only}

@@ -14,7 +14,7 @@ from panda_rl.envs.pick_cube import PandaPickCube
 
 def scripted_action(obs: jax.Array, *, hover: float = 0.06, lift_z: float = 0.25,
                     xy_tol: float = 0.01, z_tol: float = 0.008, gain: float = 10.0,
-                    damping: float = 0.2) -> jax.Array:
+                    damping: float = 0.0) -> jax.Array:
   """Action [4] for one flat PandaPickCube observation [10]."""
   o = PandaPickCube.obs_dict(obs)
   tcp, cube, opening = o["tcp_pos"], o["cube_pos"], o["gripper_pos"][0]
@@ -28,8 +28,9 @@ def scripted_action(obs: jax.Array, *, hover: float = 0.06, lift_z: float = 0.25
                    jnp.where(above, cube, cube + jnp.array([0.0, 0.0, hover])))
   # While closing on the cube, hold position until the fingers have a grip.
   goal = jnp.where(at_cube & ~holding, tcp, goal)
-  # The env integrates actions into its controller target, which leads the TCP by about
-  # (kd / kp) * velocity; subtracting that lead keeps the target from winding up.
+  # With target_mode="accumulate" the env integrates actions into its controller target,
+  # which leads the TCP by about (kd / kp) * velocity; damping=0.2 subtracts that lead so
+  # the target does not wind up. With target_mode="tcp" (default) no lead builds up.
   xyz = jnp.clip(gain * (goal - tcp - damping * o["tcp_vel"]), -1.0, 1.0)
   grip = jnp.where(closing, 1.0, -1.0)
   return jnp.concatenate([xyz, grip[None]])
@@ -38,6 +39,7 @@ def scripted_action(obs: jax.Array, *, hover: float = 0.06, lift_z: float = 0.25
 def scripted_success_rate(env, num_episodes: int, key: jax.Array) -> dict:
   """Runs one episode per env with the scripted policy; returns success statistics."""
   num_steps = env.config.episode_length
+  damping = 0.2 if env.config.target_mode == "accumulate" else 0.0
   keys = jax.random.split(key, num_episodes)
 
   @jax.jit
@@ -46,7 +48,7 @@ def scripted_success_rate(env, num_episodes: int, key: jax.Array) -> dict:
 
     def body(carry, _):
       state, success_once = carry
-      act = jax.vmap(scripted_action)(state.obs)
+      act = jax.vmap(lambda o: scripted_action(o, damping=damping))(state.obs)
       state = jax.vmap(env.step)(state, act)
       return (state, jnp.maximum(success_once, state.metrics["success"])), state.metrics["lift"]
 
