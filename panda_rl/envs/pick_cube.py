@@ -184,7 +184,9 @@ class PandaPickCube(Env):
     return mjx.put_data(mj, data, impl="jax")
 
   def _pregrasp_templates(self, mj, home):
-    """Stacked mjx.Data of the open hand posed over a grid of cube positions (host, once).
+    """The open hand posed over a grid of cube positions (host, once): for each leaf of the
+    home template's mjx.Data, the stacked [K, ...] values of the K poses, or None where
+    every pose has the home value; and the K TCP positions.
 
     Each pose comes from damped-least-squares IK on the TCP (position + pointing down), and
     is checked to be within 1 mm / 0.01 rad of its goal; poses out of reach are left out.
@@ -231,10 +233,17 @@ class PandaPickCube(Env):
     if len(datas) < len(goals) // 2:
       raise RuntimeError(f"PandaPickCube: pre-grasp IK reached only {len(datas)} of "
                          f"{len(goals)} grid poses; check cube_xy_low/high and pregrasp_heights")
-    # Stack on the host: jnp.stack would compile one op per field shape.
-    stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])),
-                           *datas)
-    return stacked, jnp.asarray(np.stack(tcps), jnp.float32)
+    # Keep (stacked on the host) only the fields that differ from the home template: a reset
+    # then selects those few arrays, not the whole mjx.Data.
+    home_leaves = jax.tree.leaves(self._template)
+    pose_leaves = [jax.tree.leaves(d) for d in datas]
+    posed = []
+    for i, home_leaf in enumerate(home_leaves):
+      stack = np.stack([np.asarray(leaves[i]) for leaves in pose_leaves])
+      same = stack.shape[1:] == np.shape(home_leaf) and np.array_equal(
+          stack, np.broadcast_to(np.asarray(home_leaf), stack.shape))
+      posed.append(None if same else jnp.asarray(stack))
+    return posed, jnp.asarray(np.stack(tcps), jnp.float32)
 
   def reset(self, key: jax.Array) -> EnvState:
     cfg = self.config
@@ -252,11 +261,12 @@ class PandaPickCube(Env):
     if cfg.reset_pregrasp_prob > 0:
       pre = jax.random.bernoulli(k_pre, cfg.reset_pregrasp_prob)
       k = jax.random.randint(k_pose, (), 0, self._pregrasp_tcp.shape[0])
-      posed = jax.tree.map(lambda x: x[k], self._pregrasp)
+      leaves, treedef = jax.tree.flatten(data)
+      data = treedef.unflatten([leaf if stack is None else jnp.where(pre, stack[k], leaf)
+                                for leaf, stack in zip(leaves, self._pregrasp)])
       # The cube sits under the TCP, up to 1 cm off centre (the open hand spans 8 cm).
       off = jax.random.uniform(k_off, (2,), minval=-0.01, maxval=0.01)
-      posed = posed.replace(qpos=posed.qpos.at[c:c + 2].add(off))
-      data = jax.tree.map(lambda a, b: jnp.where(pre, a, b), posed, data)
+      data = data.replace(qpos=data.qpos.at[c:c + 2].add(jnp.where(pre, off, 0.0)))
       target = jnp.where(pre, self._pregrasp_tcp[k], target)
     if cfg.reset_in_hand_prob > 0:
       in_hand = jax.random.bernoulli(k_hand, cfg.reset_in_hand_prob)
