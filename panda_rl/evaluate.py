@@ -35,22 +35,11 @@ def eval_env_settings(config) -> tuple:
   """(env_id, overrides) of ``config.env.eval``, falling back to ``config.env.train``.
 
   Overrides inherited from the train env lose its training-only keys (reset curricula,
-  ``registry.eval_overrides``), as in the trainer's evaluation.
+  ``registry.eval_overrides``), exactly as in the trainer's evaluation.
   """
-  from panda_rl.envs import registry
+  from panda_rl.training import env_settings
 
-  train, ev = config.env.train, config.env.eval
-  env_id = ev.get("env_id", None) or train.env_id
-  overrides = ev.get("overrides", None)
-  inherited = overrides is None
-  if inherited:
-    overrides = train.get("overrides", None)
-  if hasattr(overrides, "to_dict"):
-    overrides = overrides.to_dict()
-  overrides = dict(overrides or {})
-  if inherited:
-    overrides = registry.eval_overrides(env_id, overrides)
-  return env_id, overrides
+  return env_settings(config.env.eval, config.env.train)
 
 
 def _episode_batch(env: AutoResetWrapper, policy: Callable[[Any], jax.Array]):

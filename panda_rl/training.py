@@ -201,7 +201,7 @@ def _make_env(env_id: str, overrides: Dict[str, Any], section: str):
                       f"env_id, replace them, e.g. --config.{section}.overrides={{}}.)") from None
 
 
-def _env_settings(section: ml_collections.ConfigDict,
+def env_settings(section: ml_collections.ConfigDict,
                   fallback: ml_collections.ConfigDict) -> Tuple[str, Dict[str, Any]]:
   """(env_id, overrides) of an env section; eval falls back to the train env's.
 
@@ -248,8 +248,8 @@ class Trainer:
     self.num_minibatches = int(alg.num_minibatches)
     self.updates_per_iteration = self.update_epochs * self.num_minibatches
 
-    train_id, train_over = _env_settings(config.env.train, config.env.train)
-    eval_id, eval_over = _env_settings(config.env.eval, config.env.train)
+    train_id, train_over = env_settings(config.env.train, config.env.train)
+    eval_id, eval_over = env_settings(config.env.eval, config.env.train)
     if self.adv_type == "grpo":
       self.group_size = int(alg.group_size)
       self.env = GroupAutoResetWrapper(_make_env(train_id, train_over, "env.train"),

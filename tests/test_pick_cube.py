@@ -264,9 +264,9 @@ def test_eval_env_drops_training_only_curricula():
   assert eval_overrides("PandaPickCube-v0", train) == {"episode_length": 50}
   assert eval_overrides("PointReach-v0", {"episode_length": 7}) == {"episode_length": 7}
   import ml_collections
-  from panda_rl.training import _env_settings
+  from panda_rl.training import env_settings
   cfg = ml_collections.ConfigDict({
       "train": {"env_id": "PandaPickCube-v0", "overrides": train},
       "eval": {"num_envs": 4}})
-  assert _env_settings(cfg.eval, cfg.train) == ("PandaPickCube-v0", {"episode_length": 50})
-  assert _env_settings(cfg.train, cfg.train) == ("PandaPickCube-v0", train)
+  assert env_settings(cfg.eval, cfg.train) == ("PandaPickCube-v0", {"episode_length": 50})
+  assert env_settings(cfg.train, cfg.train) == ("PandaPickCube-v0", train)
