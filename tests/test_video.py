@@ -176,7 +176,7 @@ def test_video_failure_is_a_warning_and_keeps_logs_and_checkpoints(tmp_path, mon
     raise OSError("disk full")
 
   monkeypatch.setattr(training, "Trainer", _FakeTrainer)
-  monkeypatch.setattr(train_lib, "video_recorder", lambda config, workdir: broken)
+  monkeypatch.setattr(train_lib, "video_recorder", lambda config: broken)
   result = train_lib.train_and_evaluate(_tiny_config(tmp_path))
   assert calls == [1, 2]
   assert "Evaluation videos of iteration 2 were not written: OSError: disk full" in caplog.text

@@ -44,6 +44,8 @@ def tiny_cnn_config():
   c.env.train.overrides.image_height = SIZE
   c.env.train.overrides.image_width = SIZE
   c.env.train.overrides.episode_length = 8
+  # Plain resets, so the proprioception can be compared with PandaPickCube's reset.
+  c.env.train.overrides.reset_pregrasp_prob = 0.0
   c.env.eval.num_envs = 2
   c.rollout.num_steps = 8
   c.actor.model.policy_hidden = (16,)
