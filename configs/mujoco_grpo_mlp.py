@@ -7,16 +7,14 @@ episode per env from fresh groups, so ``rollout.num_steps`` must be at least the
 ``episode_length``.
 """
 
-import importlib.util
 import os
+
+from panda_rl.config import load_config_file
 
 
 def _ppo_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mujoco_ppo_mlp.py")
-  spec = importlib.util.spec_from_file_location("mujoco_ppo_mlp", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "mujoco_ppo_mlp.py"))
 
 
 def get_config():

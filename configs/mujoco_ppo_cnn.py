@@ -1,9 +1,9 @@
 """PPO with a CNN policy/value on PandaPickCubeVision-v0 (two camera views + proprioception +
 the instruction's token ids).
 
-Same sections and fields as ``mujoco_ppo_mlp.py`` (cluster / env / rollout / actor / algorithm
-/ runner), plus the CNN encoder's fields under ``actor.model``. Every field can be overridden:
-``--config.env.train.overrides.image_height=64``.
+The PPO config (``mujoco_ppo_mlp.py``, including its pre-grasp training curriculum) with the
+fields below changed, plus the CNN encoder's fields under ``actor.model``. Every field can be
+overridden: ``--config.env.train.overrides.image_height=64``.
 
 Image size: 32 x 32 for training. Rendering cost grows with the pixel count (a 64 x 64 frame
 costs ~4x a 32 x 32 one, and the renderer runs for every env at every step), and so does the
@@ -12,91 +12,35 @@ sample here, 24 KiB at 64 x 64). At 32 x 32 the cube is still visible: a few pix
 wrist view (more as the hand approaches), 1-2 in the front view.
 """
 
-import ml_collections
+import os
+
+from panda_rl.config import load_config_file
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+def _ppo_config():
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "mujoco_ppo_mlp.py"))
 
-  c.cluster = ml_collections.ConfigDict()
-  c.cluster.num_nodes = 1  # processes (hosts) in the run; >1 starts jax.distributed
-  # Where components run: "group:range;group:range", groups of env/rollout/actor joined by
-  # ",", ranges as "all", "3" or "0-3" (global device ids, jax.devices() order); e.g.
-  # "env:0-3;rollout:4-7;actor:8-15". See docs/placement.md.
-  c.cluster.component_placement = "env,rollout,actor:all"
-  c.cluster.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS
-  c.cluster.process_id = -1  # this process's id (multi-host); -1 = $JAX_PROCESS_ID / auto
 
-  c.env = ml_collections.ConfigDict()
-  c.env.train = ml_collections.ConfigDict()
-  c.env.train.env_id = "PandaPickCubeVision-v0"  # registered env name (panda_rl.registered_envs())
+def get_config():
+  c = _ppo_config()
+  c.env.train.env_id = "PandaPickCubeVision-v0"  # images + proprioception + instruction
   # Parallel training envs (global, over all env devices): half the MLP run's 1024, since
   # every env step also renders two images; 512 x 32 steps = 16,384 samples per iteration.
   c.env.train.num_envs = 512
-  c.env.train.overrides = ml_collections.ConfigDict()  # env default_config() overrides
   c.env.train.overrides.image_height = 32  # rendered image height (see the module doc)
   c.env.train.overrides.image_width = 32  # rendered image width (see the module doc)
-  # Reverse curriculum as in mujoco_ppo_mlp.py: 40% of training resets start with the open
-  # hand at the cube. Eval envs drop this key and run the task as specified.
-  c.env.train.overrides.reset_pregrasp_prob = 0.4
-  c.env.eval = ml_collections.ConfigDict()
   c.env.eval.num_envs = 64  # parallel evaluation envs (one episode each per evaluation)
-  c.env.eval.video_cfg = ml_collections.ConfigDict()
-  c.env.eval.video_cfg.save_video = False  # write mp4s of evaluation episodes
-  c.env.eval.video_cfg.video_base_dir = ""  # "" = <log_path>/video/eval/<project>/<experiment>
-  c.env.eval.video_cfg.num_videos = 2  # evaluation episodes written per evaluation
-  c.env.eval.video_cfg.fps = 25  # frames per second of the mp4 files
-  c.env.eval.video_cfg.resolution = 128  # height/width of each camera view in the video
 
-  c.rollout = ml_collections.ConfigDict()
-  c.rollout.num_steps = 32  # env steps per env per training iteration (T)
-  c.rollout.pipeline_stage_num = 1  # env-batch stages overlapping physics and inference
-
-  c.actor = ml_collections.ConfigDict()
-  c.actor.model = ml_collections.ConfigDict()
-  c.actor.model.policy_hidden = (256, 256)  # policy MLP hidden sizes (after the encoder)
-  c.actor.model.value_hidden = (256, 256)  # value MLP hidden sizes (after the encoder)
-  c.actor.model.activation = "swish"  # hidden activation: relu | tanh | swish | elu
-  c.actor.model.init_log_std = -0.5  # initial log standard deviation of the Gaussian
   c.actor.model.encoder = "cnn"  # observation encoder: flat (state vectors) | cnn (images)
   c.actor.model.cnn_channels = (16, 32, 32)  # output channels of each conv layer
   c.actor.model.cnn_kernels = (5, 3, 3)  # square kernel size of each conv layer
   c.actor.model.cnn_strides = (2, 2, 2)  # stride of each conv layer (32 -> 16 -> 8 -> 4 px)
   c.actor.model.cnn_features = 128  # Dense features per camera view after the convs
   c.actor.model.embed_dim = 16  # instruction token embedding size (mean over tokens)
-  c.actor.optim = ml_collections.ConfigDict()
   c.actor.optim.lr = 3e-4  # peak learning rate (Adam); lower than the MLP's 1e-3 for the convs
-  c.actor.optim.lr_schedule = "constant"  # constant | linear | cosine (decay over the run)
-  c.actor.optim.max_grad_norm = 1.0  # global gradient-norm clip
-  c.actor.optim.adam_eps = 1e-5  # Adam epsilon
 
-  c.algorithm = ml_collections.ConfigDict()
-  c.algorithm.adv_type = "gae"  # gae (PPO) | grpo
-  c.algorithm.gamma = 0.97  # discount factor
-  c.algorithm.gae_lambda = 0.95  # GAE lambda
-  c.algorithm.clip_ratio = 0.2  # PPO probability-ratio clip epsilon
-  c.algorithm.value_clip = 0.2  # value-function clip range (<=0 disables)
-  c.algorithm.entropy_coef = 0.02  # entropy bonus coefficient
-  c.algorithm.value_coef = 0.5  # value loss coefficient
-  c.algorithm.update_epochs = 4  # passes over each iteration's batch
-  c.algorithm.num_minibatches = 8  # minibatches per epoch (2,048 samples each)
-  c.algorithm.normalize_advantages = True  # standardise advantages per minibatch
-  c.algorithm.normalize_obs = True  # running mean/std of the float obs (images untouched)
-  c.algorithm.reward_scale = 1.0  # multiplies rewards before advantage estimation
-  c.algorithm.group_size = 8  # GRPO: envs per group sharing an initial state
-  c.algorithm.group_std_norm = True  # GRPO: divide by the group's return std
-  c.algorithm.kl_beta = 0.0  # GRPO: KL penalty to the frozen reference policy
-
-  c.runner = ml_collections.ConfigDict()
-  c.runner.seed = 0  # master PRNG seed
   c.runner.max_epochs = 400  # training iterations (6.6M env steps)
   c.runner.val_check_interval = 20  # evaluate every N iterations (0 = never)
-  c.runner.save_interval = 50  # checkpoint every N iterations (and at the end)
-  c.runner.max_to_keep = 0  # keep only the newest N checkpoints (0 = keep all)
-  c.runner.resume = False  # continue from the latest checkpoint in the run directory
-  c.runner.logger = ml_collections.ConfigDict()
-  c.runner.logger.log_path = "runs"  # root directory of logs, checkpoints, videos
-  c.runner.logger.project_name = "panda_rl"  # sub-directory per project
-  c.runner.logger.experiment_name = "mujoco_ppo_cnn"  # sub-directory per experiment
-  c.runner.logger.logger_backends = ("tensorboard",)  # tensorboard | wandb | swanlab
+  c.runner.logger.experiment_name = "mujoco_ppo_cnn"  # runs/panda_rl/mujoco_ppo_cnn
   return c
