@@ -33,14 +33,20 @@ def get_config():
   c.env.eval.num_envs = 64  # parallel evaluation envs (one episode each per evaluation)
 
   c.actor.model.encoder = "cnn"  # observation encoder: flat (state vectors) | cnn (images)
-  c.actor.model.cnn_channels = (16, 32, 32)  # output channels of each conv layer
-  c.actor.model.cnn_kernels = (5, 3, 3)  # square kernel size of each conv layer
-  c.actor.model.cnn_strides = (2, 2, 2)  # stride of each conv layer (32 -> 16 -> 8 -> 4 px)
-  c.actor.model.cnn_features = 128  # Dense features per camera view after the convs
+  # Policy and value read ONE CNN encoder (the value net is a head on its features): half the
+  # conv compute of two encoders, and both losses train the features.
+  c.actor.model.shared_encoder = True  # value head on the policy encoder's features
+  # Two convs: 4x4 patches at stride 4 (32 -> 8 px), then 4x4 at stride 2 (8 -> 4 px). A
+  # gradient step on 2,048 image pairs costs 0.24 s on the 2-core CPU, vs 0.93 s for a
+  # (16, 32, 32) / (5, 3, 3) / stride-2 stack; the cube still spans 1-2 first-layer patches.
+  c.actor.model.cnn_channels = (16, 32)  # output channels of each conv layer
+  c.actor.model.cnn_kernels = (4, 4)  # square kernel size of each conv layer
+  c.actor.model.cnn_strides = (4, 2)  # stride of each conv layer (32 -> 8 -> 4 px)
+  c.actor.model.cnn_features = 64  # Dense features per camera view after the convs
   c.actor.model.embed_dim = 16  # instruction token embedding size (mean over tokens)
-  c.actor.optim.lr = 3e-4  # peak learning rate (Adam); lower than the MLP's 1e-3 for the convs
+  c.actor.optim.lr = 5e-4  # peak learning rate (Adam); below the MLP's 1e-3 for the convs
 
   c.runner.max_epochs = 400  # training iterations (6.6M env steps)
-  c.runner.val_check_interval = 20  # evaluate every N iterations (0 = never)
+  c.runner.val_check_interval = 10  # evaluate every N iterations (0 = never)
   c.runner.logger.experiment_name = "mujoco_ppo_cnn"  # runs/panda_rl/mujoco_ppo_cnn
   return c

@@ -134,6 +134,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   encoder = model.get("encoder", "flat")
   need(encoder in ENCODERS,
        f"actor.model.encoder must be one of {list(ENCODERS)}, got {encoder!r}")
+  shared = model.get("shared_encoder", False)
+  need(isinstance(shared, bool),
+       f"actor.model.shared_encoder must be True or False, got {shared!r}")
   if encoder == "cnn":
     missing = [f for f in CNN_FIELDS if f not in model]
     need(not missing, f"actor.model.encoder='cnn' needs the fields actor.model.{missing} "
@@ -377,15 +380,18 @@ class Trainer:
 
     def act(obs, noise):  # noise: [B, A] standard normal, drawn by the rollout
       x = self._prepare_obs(normalizer, obs)
-      mean, log_std = self.networks.policy_apply(params["policy"], x)
+      if has_value:  # one pass: a shared encoder runs once for both heads
+        mean, log_std, value = self.networks.forward(params, x)
+      else:
+        mean, log_std = self.networks.policy_apply(params["policy"], x)
       action = mean + jnp.exp(log_std) * noise  # = gaussian_sample, noise drawn outside
       log_prob = gaussian_log_prob(mean, log_std, action)
-      value = (self.networks.value_apply(params["value"], x) if has_value
-               else jnp.zeros(log_prob.shape, jnp.float32))
+      if not has_value:
+        value = jnp.zeros(log_prob.shape, jnp.float32)
       return action, log_prob, value
 
     def value(obs):
-      return self.networks.value_apply(params["value"], self._prepare_obs(normalizer, obs))
+      return self.networks.value_fn(params, self._prepare_obs(normalizer, obs))
 
     return act, (value if has_value else None)
 

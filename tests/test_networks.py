@@ -65,6 +65,51 @@ def test_an_image_encoder_plugs_in_front():
     jax.eval_shape(plain.init, jax.random.PRNGKey(0), obs)
 
 
+def test_shared_encoder_layout_forward_and_gradients():
+  """shared_encoder: one encoder (in the policy's params) feeds both heads; the value loss
+  trains it; forward == the policy's own output + the value head on its features."""
+  obs = {"image": jnp.arange(8 * 8 * 3, dtype=jnp.uint8).reshape(8, 8, 3), "state": jnp.ones(7)}
+  batch = jax.tree.map(lambda x: jnp.stack([x, x[::-1]]), obs)
+  nets = networks.make_networks(model_config(shared_encoder=True), action_size=4,
+                                policy_encoder=TinyImageEncoder())
+  assert nets.shared_encoder
+  params = nets.init(jax.random.PRNGKey(0), obs)
+  assert "encoder" in params["policy"] and "encoder" not in params["value"]
+  feat_dim = params["policy"]["torso"]["dense_0"]["kernel"].shape[0]  # 4*4*4 conv + 7 state
+  assert feat_dim == 71
+  assert params["value"]["torso"]["dense_0"]["kernel"].shape == (feat_dim, 8)
+
+  mean, log_std, value = nets.forward(params, batch)
+  mean_p, log_std_p = nets.policy_apply(params["policy"], batch)
+  np.testing.assert_allclose(np.asarray(mean), np.asarray(mean_p), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(log_std), np.asarray(log_std_p))
+  feats = TinyImageEncoder().apply({"params": params["policy"]["encoder"]}, batch)
+  head = nets.value.apply({"params": params["value"]}, feats)
+  assert value.shape == (2,)
+  np.testing.assert_allclose(np.asarray(value), np.asarray(head), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(nets.value_fn(params, batch)), np.asarray(value),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="shares the policy's encoder"):
+    nets.value_apply(params["value"], batch)
+
+  # A value-only loss moves the shared encoder (and not the policy's own head).
+  grads = jax.grad(lambda p: jnp.sum(nets.value_fn(p, batch) ** 2))(params)
+  enc_norm = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads["policy"]["encoder"]))
+  assert enc_norm > 0.0
+  assert float(jnp.sum(jnp.abs(grads["policy"]["mean"]["kernel"]))) == 0.0
+
+  # GRPO-style agents (no value net) ignore the flag; a separate layout keeps two encoders.
+  assert not networks.make_networks(model_config(shared_encoder=True), 4,
+                                    with_value=False).shared_encoder
+  sep = networks.make_networks(model_config(), 4, policy_encoder=TinyImageEncoder(),
+                               value_encoder=TinyImageEncoder())
+  sep_params = sep.init(jax.random.PRNGKey(0), obs)
+  assert "encoder" in sep_params["value"]
+  m, s, v = networks.forward(sep, sep_params, batch)
+  np.testing.assert_allclose(np.asarray(v),
+                             np.asarray(sep.value_apply(sep_params["value"], batch)), rtol=1e-6)
+
+
 def test_dict_of_flat_vectors_is_concatenated():
   nets = networks.make_networks(model_config(), action_size=2)
   obs = {"a": jnp.ones(3), "b": jnp.zeros(2)}
@@ -92,3 +137,19 @@ def test_gaussian_helpers_match_formulas():
 def test_bad_activation_fails_clearly():
   with pytest.raises(ValueError, match="Unknown activation 'gelu'"):
     networks.make_networks(model_config(activation="gelu"), action_size=2)
+
+
+@pytest.mark.parametrize("hw,kernel,stride", [((9, 8), 3, 2), ((8, 8), 4, 4), ((7, 10), 5, 2),
+                                              ((6, 6), 4, 2), ((5, 5), 3, 1)])
+def test_patch_conv_equals_xla_same_conv(hw, kernel, stride):
+  """im2col + matmul == lax's SAME-padded strided convolution with the reshaped kernel."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2,) + hw + (3,))
+  conv = networks.PatchConv(5, kernel, stride)
+  params = conv.init(jax.random.PRNGKey(1), x)
+  w = params["params"]["dense"]["kernel"].reshape(kernel, kernel, 3, 5)
+  b = params["params"]["dense"]["bias"]
+  expected = jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  got = conv.apply(params, x)
+  assert got.shape == expected.shape == (2, -(-hw[0] // stride), -(-hw[1] // stride), 5)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)

@@ -248,6 +248,10 @@ def test_cnn_encoder_errors_and_config_validation():
   with pytest.raises(ValueError, match="same length"):
     training.validate_config(c)
   c = load_cnn_config()
+  c.actor.model.shared_encoder = "yes"
+  with pytest.raises(ValueError, match="shared_encoder must be True or False"):
+    training.validate_config(c)
+  c = load_cnn_config()
   c.actor.model.encoder = "vit"
   with pytest.raises(ValueError, match="actor.model.encoder must be one of"):
     training.validate_config(c)
@@ -286,6 +290,9 @@ def test_tiny_vision_ppo_run_and_load_policy(trained, tmp_path):
     bad = {k: v for k, v in h.items() if not np.isfinite(v)}
     assert not bad, bad
   assert all(h[M.NUM_EPISODES] == 4 for h in history)  # every env truncated once per rollout
+  # The config's shared encoder: the value net is a head on the policy's CNN features.
+  assert trainer.networks.shared_encoder
+  assert "encoder" not in state.params["value"] and "cnn" in state.params["policy"]["encoder"]
   # Only the float leaves have statistics.
   assert state.normalizer.mean["front"].shape == ()
   assert state.normalizer.mean["tcp_pos"].shape == (3,)

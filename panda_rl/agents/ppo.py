@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from panda_rl import metrics as M
-from panda_rl.networks import gaussian_entropy, gaussian_log_prob
+from panda_rl.networks import forward, gaussian_entropy, gaussian_log_prob
 
 Array = jax.Array
 
@@ -44,8 +44,9 @@ def ppo_loss(params: Dict[str, Any], apply_fns: Any, batch: PPOBatch, key: Array
 
   Args:
     params: ``{"policy": ..., "value": ...}``.
-    apply_fns: has ``policy_apply(policy_params, obs) -> (mean [N, A], log_std [N, A])``
-      and ``value_apply(value_params, obs) -> [N]`` (e.g. :class:`~panda_rl.networks.ActorCritic`).
+    apply_fns: an :class:`~panda_rl.networks.ActorCritic` (its ``forward(params, obs)``), or
+      any object with ``policy_apply(policy_params, obs) -> (mean [N, A], log_std [N, A])``
+      and ``value_apply(value_params, obs) -> [N]``.
     batch: :class:`PPOBatch` with leading axis [N].
     key: unused (the Gaussian entropy is exact); kept so every loss has one signature.
     clip_ratio: epsilon of the probability-ratio clip.
@@ -59,7 +60,8 @@ def ppo_loss(params: Dict[str, Any], apply_fns: Any, batch: PPOBatch, key: Array
     grad_norm and lr, which the optimiser step adds.
   """
   del key
-  mean, log_std = apply_fns.policy_apply(params["policy"], batch.obs)
+  # One pass through the network(s): with a shared encoder it runs once for both heads.
+  mean, log_std, values = forward(apply_fns, params, batch.obs)
   log_prob = gaussian_log_prob(mean, log_std, batch.actions)
   entropy = gaussian_entropy(log_std)
 
@@ -72,7 +74,6 @@ def ppo_loss(params: Dict[str, Any], apply_fns: Any, batch: PPOBatch, key: Array
   clipped = jnp.clip(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
   policy_loss = jnp.mean(jnp.maximum(-adv * ratio, -adv * clipped))
 
-  values = apply_fns.value_apply(params["value"], batch.obs)
   err = jnp.square(values - batch.returns)
   if value_clip > 0:
     values_clipped = batch.old_values + jnp.clip(values - batch.old_values,
