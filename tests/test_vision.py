@@ -244,10 +244,11 @@ def test_cnn_encoder_errors_and_config_validation():
   from panda_rl import training
 
   c = load_cnn_config()
-  c.actor.model.cnn_kernels = (3, 3)
+  c.actor.model.cnn_kernels = (3,) * (len(c.actor.model.cnn_channels) + 1)
   with pytest.raises(ValueError, match="same length"):
     training.validate_config(c)
   c = load_cnn_config()
+  del c.actor.model["shared_encoder"]  # (the typed ConfigDict field would refuse a str)
   c.actor.model.shared_encoder = "yes"
   with pytest.raises(ValueError, match="shared_encoder must be True or False"):
     training.validate_config(c)
