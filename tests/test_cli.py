@@ -6,7 +6,6 @@ clear failures, ``load_policy`` and ``python -m panda_rl.evaluate``; plus the lo
 import panda_rl  # noqa: F401  (first: XLA flags)
 
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -41,26 +40,13 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def env(tmp_path_factory):
-  """Subprocess environment: the repo importable and the tests' persistent compile cache
-  (conftest.py's; the runs below compile the same programs, and the cache turns ~15 s
-  compiles into ~1 s loads)."""
-  e = dict(os.environ)
-  e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-  cache = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("jax_cache"))
-  e.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-  e.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  return e
-
-
-def _run(env, module, *args, timeout=600):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+def _run(cli_env, module, *args, timeout=600):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=cli_env,
                         capture_output=True, text=True, timeout=timeout)
 
 
-def _train(env, log_path, *args):
-  return _run(env, "panda_rl.train", f"--config={CONFIG}", *TINY,
+def _train(cli_env, log_path, *args):
+  return _run(cli_env, "panda_rl.train", f"--config={CONFIG}", *TINY,
               f"--config.runner.logger.log_path={log_path}", *args)
 
 
@@ -71,10 +57,10 @@ def _ok(proc):
 
 
 @pytest.fixture(scope="module")
-def smoke(env, tmp_path_factory):
+def smoke(cli_env, tmp_path_factory):
   """One CLI run: 4 iterations, evaluation every 2, checkpoints at 2 and 4."""
   log_path = tmp_path_factory.mktemp("smoke")
-  proc = _ok(_train(env, log_path, "--config.runner.max_epochs=4"))
+  proc = _ok(_train(cli_env, log_path, "--config.runner.max_epochs=4"))
   return log_path, log_path.joinpath(*RUN), proc
 
 
@@ -107,10 +93,11 @@ def _saved_state(run_dir, step):
   return state
 
 
-def test_resume_gives_the_same_parameters_as_a_straight_run(env, smoke, tmp_path):
+def test_resume_gives_the_same_parameters_as_a_straight_run(cli_env, smoke, tmp_path):
   _, straight_dir, _ = smoke
-  _ok(_train(env, tmp_path, "--config.runner.max_epochs=2"))
-  proc = _ok(_train(env, tmp_path, "--config.runner.max_epochs=4", "--config.runner.resume=True"))
+  _ok(_train(cli_env, tmp_path, "--config.runner.max_epochs=2"))
+  proc = _ok(_train(cli_env, tmp_path, "--config.runner.max_epochs=4",
+                    "--config.runner.resume=True"))
   assert "Resumed from checkpoint step 2" in proc.stdout
   resumed_dir = tmp_path.joinpath(*RUN)
   # Step 4: the claim. Step 2: the straight run donated the state's buffers to iteration 3
@@ -128,9 +115,9 @@ def test_resume_gives_the_same_parameters_as_a_straight_run(env, smoke, tmp_path
   assert [(s, v) for s, v, _ in sa[M.LOSS]] == [(s, v) for s, v, _ in sb[M.LOSS]]
 
 
-def test_existing_run_without_resume_fails_clearly(env, smoke):
+def test_existing_run_without_resume_fails_clearly(cli_env, smoke):
   log_path, run_dir, _ = smoke
-  proc = _train(env, log_path, "--config.runner.max_epochs=4")
+  proc = _train(cli_env, log_path, "--config.runner.max_epochs=4")
   assert proc.returncode == 1
   assert "already holds checkpoints" in proc.stderr and "runner.resume=True" in proc.stderr
   assert Checkpointer(run_dir / "checkpoints").all_steps() == [2, 4]
@@ -140,8 +127,8 @@ def test_existing_run_without_resume_fails_clearly(env, smoke):
     ("--config.algorithm.nope=1", "Unknown config field 'algorithm.nope'"),
     ("--config.algorithm.gamma=abc", "could not convert string to float"),
 ])
-def test_bad_overrides_fail_clearly(env, tmp_path, override, expected):
-  proc = _train(env, tmp_path, override)
+def test_bad_overrides_fail_clearly(cli_env, tmp_path, override, expected):
+  proc = _train(cli_env, tmp_path, override)
   assert proc.returncode != 0
   assert expected in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr
@@ -169,14 +156,14 @@ def test_missing_backend_package_names_pip_install(tmp_path):
   assert not list(tmp_path.rglob("*"))
 
 
-def test_run_embodiment_launcher(env, tmp_path):
+def test_run_embodiment_launcher(cli_env, tmp_path):
   sh = str(REPO / "scripts" / "run_embodiment.sh")
-  proc = subprocess.run(["bash", sh, "no_such_config"], env=env, capture_output=True,
+  proc = subprocess.run(["bash", sh, "no_such_config"], env=cli_env, capture_output=True,
                         text=True)
   assert proc.returncode == 2 and "mujoco_ppo_mlp" in proc.stderr
   # Both override spellings pass through to python -m panda_rl.train.
   proc = subprocess.run(["bash", sh, "mujoco_ppo_mlp", "algorithm.gama=0.9",
-                         f"--config.runner.logger.log_path={tmp_path}"], env=env,
+                         f"--config.runner.logger.log_path={tmp_path}"], env=cli_env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert "--config.algorithm.gama=0.9" in proc.stderr
@@ -213,9 +200,9 @@ def test_load_policy_matches_the_trainer(smoke):
   assert a1.shape == (5, 2) and not np.allclose(a1, action)
 
 
-def test_evaluate_cli_prints_success_rate(env, smoke):
+def test_evaluate_cli_prints_success_rate(cli_env, smoke):
   _, run_dir, _ = smoke
-  proc = _ok(_run(env, "panda_rl.evaluate", "--checkpoint", str(run_dir), "--episodes", "6"))
+  proc = _ok(_run(cli_env, "panda_rl.evaluate", "--checkpoint", str(run_dir), "--episodes", "6"))
   m = re.search(r"success rate: (\d\.\d+) \((\d+)/6\)", proc.stdout)
   assert m, proc.stdout
   assert 0.0 <= float(m.group(1)) <= 1.0

@@ -4,7 +4,6 @@ tiny CLI run whose event file has GRPO's metrics and no critic metrics."""
 
 import panda_rl  # noqa: F401  (first: XLA flags)
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -388,16 +387,6 @@ def test_grpo_config_file_differs_from_ppo_only_where_commented():
 
 # --------------------------------------------------------------------------------------
 # The command line.
-
-
-@pytest.fixture(scope="module")
-def cli_env(tmp_path_factory):
-  e = dict(os.environ)
-  e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-  cache = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("jax_cache"))
-  e.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-  e.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  return e
 
 
 def test_cli_run_logs_grpo_metrics_and_no_critic(cli_env, tmp_path):

@@ -3,7 +3,6 @@ its metrics are complete, its config errors are clear."""
 
 import panda_rl
 
-import importlib.util
 import os
 
 import jax
@@ -14,16 +13,14 @@ import pytest
 from panda_rl import metrics as M
 from panda_rl import rollout as rollout_lib
 from panda_rl import training
+from panda_rl.config import load_config_file
 from panda_rl.envs.base import AutoResetWrapper
 
 _CONFIG_FILE = os.path.join(os.path.dirname(__file__), "..", "configs", "mujoco_ppo_mlp.py")
 
 
 def base_config():
-  spec = importlib.util.spec_from_file_location("mujoco_ppo_mlp", _CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(_CONFIG_FILE)
 
 
 def probe_config():

@@ -4,7 +4,6 @@ encoding, the training loop's hook (default directory, failures are warnings) an
 
 import panda_rl  # noqa: F401  (first: XLA flags)
 
-import os
 import subprocess
 import sys
 import types
@@ -204,17 +203,6 @@ TINY_PICK = [
     f"--config.env.eval.video_cfg.resolution={RES}",
     "--config.env.eval.video_cfg.fps=10",
 ]
-
-
-@pytest.fixture(scope="module")
-def cli_env(tmp_path_factory):
-  """Subprocess environment: the repo importable and the tests' persistent compile cache."""
-  e = dict(os.environ)
-  e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-  cache = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("jax_cache"))
-  e.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-  e.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  return e
 
 
 def _run(env, module, *args):

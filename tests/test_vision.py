@@ -4,7 +4,6 @@ checkpoint ``load_policy`` turns back into actions. Images are 16 x 16 to stay f
 
 import panda_rl  # noqa: F401  (first: XLA flags)
 
-import importlib.util
 import os
 
 import jax
@@ -15,6 +14,7 @@ import pytest
 
 from panda_rl import networks
 from panda_rl import normalizer as obs_norm
+from panda_rl.config import load_config_file
 from panda_rl.envs import language
 from panda_rl.envs.pick_cube_vision import CAMERAS, DEFAULT_INSTRUCTION
 
@@ -29,10 +29,7 @@ def vision_env():
 
 
 def load_cnn_config():
-  spec = importlib.util.spec_from_file_location("mujoco_ppo_cnn", _CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(_CONFIG_FILE)
 
 
 def tiny_cnn_config():
