@@ -43,6 +43,10 @@ class ConfigError(ValueError):
   """A config field is unknown, mistyped or out of range."""
 
 
+class PlacementError(ConfigError):
+  """``cluster.*`` / ``rollout.pipeline_stage_num`` cannot work; raised before compiling."""
+
+
 # --------------------------------------------------------------------------------------
 # Field paths.
 
@@ -188,59 +192,18 @@ def _assign(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Validation (of the sections the training experience owns; algorithm sections are
-# validated by the code that consumes them).
-
-
-def _need(errors: list, ok: bool, msg: str) -> None:
-  if not ok:
-    errors.append(msg)
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
+# Validation: panda_rl.validation is the one place; load_config runs its field checks.
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the runner / logger / env-size fields before anything compiles.
+  """Checks every field that needs nothing built (see :mod:`panda_rl.validation`).
 
   Raises:
     ConfigError: listing every problem found.
   """
-  errors: list[str] = []
-  for section in ("env", "rollout", "actor", "algorithm", "runner"):
-    _need(errors, section in config, f"config has no {section!r} section")
-  if errors:
-    raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
-  r = config.runner
-  _need(errors, _is_int(r.max_epochs) and r.max_epochs >= 1,
-        f"runner.max_epochs must be an int >= 1, got {r.max_epochs!r}")
-  _need(errors, _is_int(r.val_check_interval) and r.val_check_interval >= 0,
-        f"runner.val_check_interval must be an int >= 0 (0 = never), got "
-        f"{r.val_check_interval!r}")
-  _need(errors, _is_int(r.save_interval) and r.save_interval >= 0,
-        f"runner.save_interval must be an int >= 0 (0 = only at the end), got "
-        f"{r.save_interval!r}")
-  if "max_to_keep" in r:
-    _need(errors, _is_int(r.max_to_keep) and r.max_to_keep >= 0,
-          f"runner.max_to_keep must be an int >= 0 (0 = keep all), got {r.max_to_keep!r}")
-  _need(errors, isinstance(r.resume, bool), f"runner.resume must be a bool, got {r.resume!r}")
-  lg = r.logger
-  for name in ("log_path", "project_name", "experiment_name"):
-    _need(errors, isinstance(lg[name], str) and lg[name] != "",
-          f"runner.logger.{name} must be a non-empty string, got {lg[name]!r}")
-  backends = logger_backends(config)
-  unknown = [b for b in backends if b not in LOGGER_BACKENDS]
-  _need(errors, not unknown,
-        f"runner.logger.logger_backends: unknown backend(s) {unknown}; valid: "
-        f"{list(LOGGER_BACKENDS)}")
-  for path in ("env.train.num_envs", "env.eval.num_envs", "rollout.num_steps"):
-    node: Any = config
-    for p in path.split("."):
-      node = node[p]
-    _need(errors, _is_int(node) and node >= 1, f"{path} must be an int >= 1, got {node!r}")
-  if errors:
-    raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+  from panda_rl import validation  # heavy (jax, the algorithms): imported when needed
+
+  validation.validate_config(config)
 
 
 def logger_backends(config: ml_collections.ConfigDict) -> Tuple[str, ...]:

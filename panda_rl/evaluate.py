@@ -14,21 +14,15 @@ With ``--video`` it also writes ``--num_videos`` deterministic episodes as mp4 f
 import panda_rl  # noqa: F401  (first: sets XLA:CPU flags before any JAX backend starts)
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from panda_rl import metrics as M
-from panda_rl.envs.base import AutoResetWrapper, Env
-
-# Safety cap on the env steps of one evaluation batch, should an env never end.
-MAX_EPISODE_STEPS = 100_000
+from panda_rl.evaluation import evaluate_policy  # noqa: F401  (the one evaluation loop)
 
 
 def eval_env_settings(config) -> tuple:
@@ -37,61 +31,9 @@ def eval_env_settings(config) -> tuple:
   Overrides inherited from the train env lose its training-only keys (reset curricula,
   ``registry.eval_overrides``), exactly as in the trainer's evaluation.
   """
-  from panda_rl.training import env_settings
+  from panda_rl.validation import env_settings
 
   return env_settings(config.env.eval, config.env.train)
-
-
-def _episode_batch(env: AutoResetWrapper, policy: Callable[[Any], jax.Array]):
-  """jitted key -> (success [B], return [B], length [B]) of each env's first episode."""
-
-  def run(key):
-    state = env.reset(key)
-    zeros = jnp.zeros((env.num_envs,), jnp.float32)
-    init = (state, jnp.ones((env.num_envs,), bool), zeros, zeros, zeros,
-            jnp.zeros((), jnp.int32))
-
-    def cond(c):
-      return jnp.any(c[1]) & (c[5] < MAX_EPISODE_STEPS)
-
-    def body(c):
-      state, active, success, ret, length, t = c
-      state = env.step(state, policy(state.obs))
-      first_end = active & (state.done > 0.5)
-      ep = state.metrics
-      success = jnp.where(first_end, (ep["episode_success_once"] > 0).astype(jnp.float32),
-                          success)
-      ret = jnp.where(first_end, ep["episode_return"], ret)
-      length = jnp.where(first_end, ep["episode_length"], length)
-      return state, active & ~first_end, success, ret, length, t + 1
-
-    _, _, success, ret, length, _ = jax.lax.while_loop(cond, body, init)
-    return success, ret, length
-
-  return jax.jit(run)
-
-
-def evaluate_policy(env: Env, policy: Callable[[Any], jax.Array], num_episodes: int,
-                    key: jax.Array, num_envs: Optional[int] = None) -> Dict[str, float]:
-  """Runs ``num_episodes`` episodes of ``policy`` (obs [B, ...] -> action [B, A]).
-
-  Episodes run in parallel batches of ``num_envs`` (default: all at once); each env
-  contributes its first episode.
-
-  Returns:
-    ``{"eval/success_once", "eval/return", "eval/episode_len", "eval/num_episodes"}``.
-  """
-  num_episodes = int(num_episodes)
-  if num_episodes < 1:
-    raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-  batch = min(num_episodes, int(num_envs or num_episodes))
-  run = _episode_batch(AutoResetWrapper(env, batch), policy)
-  parts = []
-  for i in range(math.ceil(num_episodes / batch)):
-    parts.append(jax.device_get(run(jax.random.fold_in(key, i))))
-  success, ret, length = (np.concatenate(x)[:num_episodes] for x in zip(*parts))
-  return {M.EVAL_SUCCESS_ONCE: float(success.mean()), M.EVAL_RETURN: float(ret.mean()),
-          M.EVAL_EPISODE_LEN: float(length.mean()), "eval/num_episodes": num_episodes}
 
 
 def evaluate_checkpoint(checkpoint: str, episodes: int = 100, seed: int = 0,
@@ -185,6 +127,7 @@ def main(argv) -> None:
   from absl import logging as absl_logging
 
   from panda_rl.checkpoint import CheckpointError
+  from panda_rl.cli import EXIT_USER_ERROR, fail
 
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -197,8 +140,8 @@ def main(argv) -> None:
     out = evaluate_checkpoint(f.checkpoint, f.episodes, f.seed, f.step, f.num_envs,
                               policy=policy)
   except (CheckpointError, ValueError) as e:
-    sys.exit(f"panda_rl.evaluate: {type(e).__name__}: {e}")
-  n = out["eval/num_episodes"]
+    fail("panda_rl.evaluate", e)
+  n = out[M.EVAL_NUM_EPISODES]
   s = out[M.EVAL_SUCCESS_ONCE]
   print(f"checkpoint step {out['step']} on {out['env_id']}: {n} episodes in "
         f"{time.perf_counter() - t0:.1f}s")
@@ -213,7 +156,8 @@ def main(argv) -> None:
       paths = record_checkpoint_videos(f.checkpoint, f.video_dir, f.num_videos, f.seed,
                                        f.step, f.video_resolution, policy=policy)
     except (ValueError, OSError) as e:
-      sys.exit(f"panda_rl.evaluate: videos not written: {type(e).__name__}: {e}")
+      sys.stderr.write(f"panda_rl.evaluate: videos not written: {type(e).__name__}: {e}\n")
+      sys.exit(EXIT_USER_ERROR)
     print(f"{len(paths)} videos in {time.perf_counter() - t0:.1f}s:")
     for path in paths:
       print(f"  {path}")

@@ -4,8 +4,9 @@ Every metric a training iteration reports is a key of :data:`DEFINITIONS`; the c
 computes them (``agents/ppo.py``, ``agents/grpo.py``, ``agents/sgd.py``,
 :func:`rollout_metrics`, :func:`episode_metrics`, ``Trainer.evaluate``) uses the constants
 below, never a string literal, so a rename happens here or nowhere. Loggers, the CLI smoke
-test and the docs read :func:`iteration_metrics` (:data:`ITERATION_METRICS` for PPO,
-:data:`GRPO_ITERATION_METRICS` for GRPO, which has no critic) / :data:`EVAL_METRICS`.
+test and the docs read an algorithm's ``iteration_metrics`` (:data:`ITERATION_METRICS` for
+PPO, :data:`GRPO_ITERATION_METRICS` for GRPO, which has no critic) / :data:`EVAL_METRICS`;
+``env/reward_terms/<name>`` come on top, one per reward term the env names.
 
 Conventions: ``train/*`` values are means over all minibatch updates of one iteration
 (``update_epochs x num_minibatches`` of them); ``rollout/*`` values are over the iteration's
@@ -55,6 +56,15 @@ NUM_EPISODES = "env/num_episodes"
 EVAL_SUCCESS_ONCE = "eval/success_once"
 EVAL_RETURN = "eval/return"
 EVAL_EPISODE_LEN = "eval/episode_len"
+EVAL_NUM_EPISODES = "eval/num_episodes"  # python -m panda_rl.evaluate only
+# --- time/: added by the run loop (panda_rl.runner), host wall-clock -------------------------
+COMPILE_S = "time/compile_s"
+ITERATION_S = "time/iteration_s"
+ENV_STEPS_PER_S = "time/env_steps_per_s"
+ENV_STEPS = "time/env_steps"
+WALL_S = "time/wall_s"
+EVAL_S = "time/eval_s"
+VIDEO_S = "time/video_s"
 
 DEFINITIONS: Dict[str, str] = {
     APPROX_KL: "mean(old_logp - new_logp) over the minibatch: the k1 estimate of "
@@ -107,6 +117,14 @@ DEFINITIONS: Dict[str, str] = {
     EVAL_SUCCESS_ONCE: "share of evaluation episodes (mean action) that succeeded at any step.",
     EVAL_RETURN: "mean undiscounted return of the evaluation episodes.",
     EVAL_EPISODE_LEN: "mean length of the evaluation episodes.",
+    EVAL_NUM_EPISODES: "number of evaluation episodes (python -m panda_rl.evaluate).",
+    COMPILE_S: "first iteration only: seconds spent compiling the iteration program(s).",
+    ITERATION_S: "wall seconds of the iteration (device work + host sync).",
+    ENV_STEPS_PER_S: "env steps of the iteration / time/iteration_s.",
+    ENV_STEPS: "total env steps so far (x axis for success vs env steps).",
+    WALL_S: "seconds since this process started training (compile included).",
+    EVAL_S: "wall seconds of an evaluation (the first one includes its compile).",
+    VIDEO_S: "wall seconds of writing an evaluation's videos (the first: + compile).",
 }
 
 TRAIN_METRICS = (APPROX_KL, CLIP_FRACTION, CLIPPED_RATIO, GRAD_NORM, LR, POLICY_LOSS,
@@ -120,17 +138,20 @@ GRPO_TRAIN_METRICS = (APPROX_KL, CLIP_FRACTION, CLIPPED_RATIO, GRAD_NORM, LR, PO
                       REF_KL, ENTROPY_LOSS, LOSS)
 GROUP_METRICS = (GROUP_RETURN_STD, ZERO_SPREAD_GROUPS, VALID_FRACTION)
 GRPO_ITERATION_METRICS = GRPO_TRAIN_METRICS + ROLLOUT_METRICS + GROUP_METRICS + ENV_METRICS
-CRITIC_METRICS = (VALUE_LOSS, VALUE_CLIP_RATIO, EXPLAINED_VARIANCE)
 EVAL_METRICS = (EVAL_SUCCESS_ONCE, EVAL_RETURN, EVAL_EPISODE_LEN)
+# Raw reward terms: env metric "reward_terms/<name>" -> "env/reward_terms/<name>", the term's
+# mean over the rollout's [T, B] steps (unscaled; the env's reward_scales weight them).
+REWARD_TERMS_PREFIX = "env/reward_terms/"
 
 
-def iteration_metrics(adv_type: str = "gae") -> Tuple[str, ...]:
-  """The metrics ``Trainer.train_iteration`` returns for ``algorithm.adv_type``."""
-  if adv_type == "gae":
-    return ITERATION_METRICS
-  if adv_type == "grpo":
-    return GRPO_ITERATION_METRICS
-  raise ValueError(f"unknown algorithm.adv_type {adv_type!r}")
+def reward_term_metrics(terms: Mapping[str, Array],
+                        mask: Optional[Array] = None) -> Dict[str, Array]:
+  """``env/reward_terms/<name>``: mean of each raw term over the steps (``mask`` 1)."""
+  out = {}
+  for key, value in terms.items():
+    name = REWARD_TERMS_PREFIX + key.split("/", 1)[-1]
+    out[name] = jnp.mean(value) if mask is None else weighted_mean(value, mask)
+  return out
 
 
 def explained_variance(returns: Array, values: Array) -> Array:

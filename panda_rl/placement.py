@@ -31,36 +31,11 @@ How a placement maps onto ``jax.sharding`` (one 1-D mesh, axis ``"batch"``, per 
   per rollout, and, when env and rollout are on different devices, each step's actions
   (rollout -> env) and observations (env -> rollout).
 
-Programs per iteration:
+The programs that run an iteration under a placement (one fused program when collocated,
+rollout and update programs joined by transfers otherwise, pipelining) are built by
+:mod:`panda_rl.programs` from the trainer's pure functions.
 
-* env == rollout == actor (collocated): :meth:`Trainer.iteration_fn` as ONE jitted program
-  with ``in_shardings``/``out_shardings`` (the default; on one device exactly the
-  unsharded program of before).
-* env == rollout != actor: one jitted rollout program (scanned over T) on the env devices,
-  trajectories ``device_put`` to the actor devices, one jitted update program there.
-* env != rollout: the rollout is a Python loop over T steps that dispatches an inference
-  program on the rollout devices and an env-step program on the env devices per stage;
-  JAX's asynchronous dispatch lets them run concurrently.
-
-Pipelining (``rollout.pipeline_stage_num = k > 1``): the env batch is cut into k stages
-(:func:`panda_rl.rollout.split_stages`) so that one stage's physics overlaps another's
-inference. What overlaps where:
-
-* env and rollout on DIFFERENT devices (disaggregated, hybrid): stage s's ``env.step`` on
-  the env devices runs while stage s+1's policy forward runs on the rollout devices (no
-  data dependence, separate devices, async dispatch), and the device-to-device copies of
-  actions/observations overlap both. Without stages the two groups take turns and each
-  idles half the time; with k stages the step time tends to max(physics, inference).
-* env and rollout on the SAME devices (collocated): each scanned step holds k independent
-  act -> step chains in one program. XLA:CPU runs independent operations concurrently on
-  the host's cores; XLA:GPU/TPU issue them in one stream, so overlap there is limited to
-  what the scheduler interleaves (measure it with ``scripts/benchmark_placement.py``).
-
-Results do not depend on the placement or on k (to float rounding): the exploration noise
-is drawn for the whole batch, per-env computations are independent, and only the order of
-floating-point reductions (loss means, gradient all-reduce) changes. A test checks it.
-
-Multi-host (``cluster.num_nodes > 1``): :func:`initialize_distributed` starts
+Multi-host (``cluster.num_nodes > 1``): :func:`panda_rl.distributed.initialize_distributed` starts
 ``jax.distributed``; every process runs the same program over the global devices; only
 process 0 logs; orbax writes checkpoints from all processes (each its own shards).
 """
@@ -69,9 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
-import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -79,20 +52,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from panda_rl import rollout as rollout_lib
+from panda_rl.distributed import initialize_distributed
+from panda_rl.config import PlacementError
 
 Array = jax.Array
 COMPONENTS = ("env", "rollout", "actor")
 AXIS = "batch"  # the one mesh axis: the env batch (env, rollout) / the sample batch (actor)
 
-# Environment variables read when the config leaves multi-host settings unset.
-ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # host:port of process 0 (jax reads it too)
-ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
-ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 
-class PlacementError(ValueError):
-  """``cluster.*`` / ``rollout.pipeline_stage_num`` cannot work; raised before compiling."""
 
 
 # --------------------------------------------------------------------------------------
@@ -362,7 +330,7 @@ def _exchanges(groups: Mapping[str, Tuple[int, ...]]) -> List[Tuple[str, str]]:
   return [(a, b) for a, b in pairs if groups[a] != groups[b]]
 
 
-def _cross_process_problems(groups, devices) -> List[str]:
+def _cross_process_problems(groups) -> List[str]:
   """Multi-process runs: transfers between different device sets need backend support."""
   if jax.process_count() == 1:
     return []
@@ -382,11 +350,13 @@ def _cross_process_problems(groups, devices) -> List[str]:
           "backend with cross-host transfers"]
 
 
-def from_config(config: Any, devices: Optional[Sequence[Any]] = None) -> Placement:
+def from_config(config: Any, devices: Optional[Sequence[Any]] = None,
+                stage_block: int = 1) -> Placement:
   """Reads ``cluster.*`` and ``rollout.pipeline_stage_num`` into a validated Placement.
 
   Starts ``jax.distributed`` first when ``cluster.num_nodes > 1`` (device ranges are
-  global). Nothing is compiled.
+  global). Nothing is compiled. ``stage_block``: envs kept together in a pipeline stage
+  (the algorithm's, e.g. GRPO's group size).
 
   Raises:
     PlacementError: every problem found, with the available device count.
@@ -400,253 +370,14 @@ def from_config(config: Any, devices: Optional[Sequence[Any]] = None) -> Placeme
   stages = config.rollout.get("pipeline_stage_num", 1)
   if not isinstance(stages, (int, np.integer)) or isinstance(stages, bool) or stages < 1:
     raise PlacementError(f"rollout.pipeline_stage_num must be an int >= 1, got {stages!r}")
-  block = 1
-  if config.algorithm.get("adv_type", "gae") == "grpo":
-    block = int(config.algorithm.get("group_size", 1) or 1)
+  block = int(stage_block)
   num_envs = int(config.env.train.num_envs)
   problems = _problems(groups, num_envs, int(config.rollout.num_steps),
                        int(config.algorithm.num_minibatches), int(stages), block)
-  problems += _cross_process_problems(groups, devices)
+  problems += _cross_process_problems(groups)
   if problems:
     raise PlacementError(
         f"Placement cluster.component_placement={spec!r} with rollout.pipeline_stage_num="
         f"{stages} cannot work ({_available(len(devices))}):\n  " + "\n  ".join(problems))
   return Placement(devices=devices, groups=groups, num_envs=num_envs,
                    pipeline_stages=int(stages), stage_block=block, spec=spec)
-
-
-# --------------------------------------------------------------------------------------
-# Multi-host.
-
-
-def _env_int(name: str) -> Optional[int]:
-  value = os.environ.get(name, "").strip()
-  if not value:
-    return None
-  try:
-    return int(value)
-  except ValueError:
-    raise PlacementError(f"environment variable {name}={value!r} is not an int") from None
-
-
-def initialize_distributed(config: Any) -> bool:
-  """Starts ``jax.distributed`` for ``cluster.num_nodes > 1``; returns whether it is on.
-
-  Settings, first found wins: ``cluster.coordinator_address`` / ``cluster.process_id``,
-  then the environment variables ``JAX_COORDINATOR_ADDRESS`` / ``JAX_PROCESS_ID``, then
-  JAX's own cluster detection (Slurm, Open MPI, Cloud TPU). ``JAX_NUM_PROCESSES``, if set,
-  must equal ``cluster.num_nodes``. Idempotent; must run before any JAX computation.
-
-  Raises:
-    PlacementError: inconsistent settings, or JAX already running single-process.
-  """
-  cluster = config.cluster
-  n = cluster.get("num_nodes", 1)
-  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-    raise PlacementError(f"cluster.num_nodes must be an int >= 1, got {n!r}")
-  n = int(n)
-  env_n = _env_int(ENV_NUM_PROCESSES)
-  if n > 1 and env_n is not None and env_n != n:
-    raise PlacementError(f"cluster.num_nodes={n} but {ENV_NUM_PROCESSES}={env_n}")
-  if jax.distributed.is_initialized():
-    if jax.process_count() != n:
-      raise PlacementError(f"jax.distributed runs {jax.process_count()} processes but "
-                           f"cluster.num_nodes={n}")
-    return True
-  if n == 1:
-    return False
-  address = cluster.get("coordinator_address", "") or os.environ.get(ENV_COORDINATOR) or None
-  pid = cluster.get("process_id", -1)
-  pid = int(pid) if pid is not None and int(pid) >= 0 else _env_int(ENV_PROCESS_ID)
-  try:
-    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
-  except (RuntimeError, ValueError) as e:
-    raise PlacementError(
-        f"could not start jax.distributed for cluster.num_nodes={n} (coordinator "
-        f"{address!r}, process id {pid!r}): {e}\nSet --config.cluster.coordinator_address="
-        f"HOST:PORT and --config.cluster.process_id=I (or {ENV_COORDINATOR}, "
-        f"{ENV_PROCESS_ID}) on every process, and start it before any JAX computation."
-    ) from None
-  if jax.process_count() != n:
-    raise PlacementError(f"jax.distributed started {jax.process_count()} processes, "
-                         f"cluster.num_nodes={n}")
-  return True
-
-
-# --------------------------------------------------------------------------------------
-# Programs: the jitted pieces of an iteration for a placement.
-
-
-class SingleProgram:
-  """env == rollout == actor: ``trainer.iteration_fn`` as one jitted program."""
-
-  def __init__(self, trainer: Any, placement: Placement):
-    self.placement = placement
-    if placement.single_device:
-      self._init = jax.jit(trainer._init_impl)
-      # The state is donated: its buffers are reused for the new state.
-      self._iteration = jax.jit(trainer.iteration_fn, donate_argnums=0)
-      return
-    abstract = jax.eval_shape(trainer._init_impl, jax.random.PRNGKey(0))
-    self.state_shardings = placement.state_shardings(abstract)
-    metrics = placement.replicated("actor")
-    self._init = jax.jit(trainer._init_impl, out_shardings=self.state_shardings)
-    self._iteration = jax.jit(trainer.iteration_fn, in_shardings=(self.state_shardings,),
-                              out_shardings=(self.state_shardings, metrics), donate_argnums=0)
-
-  def init(self, key: Array) -> Any:
-    return self._init(key)
-
-  def abstract_state(self, key: Array) -> Any:
-    return jax.eval_shape(self._init, key)
-
-  def iteration(self, state: Any) -> Tuple[Any, Dict[str, Array]]:
-    return self._iteration(state)
-
-  def compile(self, state: Any) -> Tuple[Callable, Optional[float]]:
-    t0 = time.perf_counter()
-    compiled = self._iteration.lower(state).compile()
-    return compiled, time.perf_counter() - t0
-
-
-class StagedPrograms:
-  """Groups on different devices: rollout and update are separate programs joined by
-  ``jax.device_put`` transfers (see the module docstring)."""
-
-  def __init__(self, trainer: Any, placement: Placement):
-    self.trainer, self.placement = trainer, placement
-    pl, k, blk = placement, placement.pipeline_stages, placement.stage_block
-    abstract = jax.eval_shape(trainer._init_impl, jax.random.PRNGKey(0))
-    # Init runs wholly on the actor devices (env batch sharded there too), then the env
-    # state moves to the env devices; the values do not depend on where they were computed.
-    init_sh = pl.state_shardings(abstract, env_component="actor")
-    self.state_shardings = pl.state_shardings(abstract)
-    self._init_actor = jax.jit(trainer._init_impl, out_shardings=init_sh)
-    rep_a, rep_r = pl.replicated("actor"), pl.replicated("rollout")
-    self.rep_a, self.rep_r = rep_a, rep_r
-    self.env_batch, self.roll_batch = pl.batch_sharding("env"), pl.batch_sharding("rollout")
-    self.traj_env = pl.batch_sharding("env", axis=1)
-    self.traj_actor = pl.batch_sharding("actor", axis=1)
-    learner = self.state_shardings.replace(env_state=None)
-
-    self._split_keys = jax.jit(lambda key: tuple(jax.random.split(key, 3)), out_shardings=rep_a)
-    self._learn = jax.jit(
-        lambda state, traj, key, k_update: trainer.learn_fn(state, None, traj, key, k_update),
-        in_shardings=(learner, self.traj_actor, rep_a, rep_a),
-        out_shardings=(learner, rep_a), donate_argnums=0)
-    if pl.fused_rollout:
-      env_sh = self.state_shardings.env_state
-      self._rollout = jax.jit(trainer.rollout_fn, in_shardings=(rep_r, rep_r, env_sh, rep_r),
-                              out_shardings=(env_sh, self.traj_env), donate_argnums=2)
-      return
-
-    num_envs, num_steps = pl.num_envs, trainer.num_steps
-    action_size = trainer.env.action_size
-    env = trainer.env
-
-    def act(params, normalizer, obs, k_rollout, t, stage):
-      step_key = jax.random.split(k_rollout, num_steps)[t]
-      noise = rollout_lib.step_noise(step_key, num_envs, action_size)
-      noise = rollout_lib.split_stages(noise, k, block=blk)[stage]
-      act_fn, _ = trainer._rollout_fns(params, normalizer)
-      return act_fn(obs, noise)
-
-    def bootstrap(params, normalizer, final_obs):
-      _, value_fn = trainer._rollout_fns(params, normalizer)
-      if value_fn is None:
-        return jnp.zeros(jax.tree.leaves(final_obs)[0].shape[:1], jnp.float32)
-      return value_fn(final_obs)
-
-    def env_step(state, action):
-      nxt = env.step(state, action)
-      record = dict(obs=state.obs, reward=nxt.reward, done=nxt.done,
-                    terminated=nxt.terminated, truncated=nxt.truncated,
-                    episode={n: nxt.metrics[n] for n in rollout_lib.EPISODE_KEYS})
-      return nxt, record, (nxt.obs, nxt.info["final_obs"])
-
-    def assemble(records):  # [T][k] of stage records -> [T, B]
-      per_step = [rollout_lib.merge_stages(r, block=blk) for r in records]
-      return jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
-
-    roll_b, env_b = self.roll_batch, self.env_batch
-    self._act = jax.jit(act, static_argnums=5, in_shardings=(rep_r, rep_r, roll_b, rep_r, rep_r),
-                        out_shardings=roll_b)
-    self._bootstrap = jax.jit(bootstrap, in_shardings=(rep_r, rep_r, roll_b),
-                              out_shardings=roll_b)
-    self._env_step = jax.jit(env_step, in_shardings=(env_b, env_b),
-                             out_shardings=env_b, donate_argnums=0)
-    self._split_env = jax.jit(lambda s: rollout_lib.split_stages(s, k, block=blk),
-                              in_shardings=env_b, out_shardings=env_b)
-    self._merge_env = jax.jit(lambda s: rollout_lib.merge_stages(s, block=blk),
-                              in_shardings=env_b, out_shardings=env_b)
-    self._assemble_env = jax.jit(assemble, in_shardings=env_b, out_shardings=self.traj_env)
-    self._assemble_roll = jax.jit(assemble, in_shardings=roll_b,
-                                  out_shardings=pl.batch_sharding("rollout", axis=1))
-
-  # -- state ---------------------------------------------------------------------------
-
-  def init(self, key: Array) -> Any:
-    state = self._init_actor(key)
-    return state.replace(env_state=jax.device_put(state.env_state,
-                                                  self.state_shardings.env_state))
-
-  def abstract_state(self, key: Array) -> Any:
-    abstract = jax.eval_shape(self._init_actor, key)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract, self.state_shardings)
-
-  def compile(self, state: Any) -> Tuple[Callable, Optional[float]]:
-    # Several programs, compiled on first use: the first iteration's time includes them.
-    return self.iteration, None
-
-  # -- the iteration -------------------------------------------------------------------
-
-  def iteration(self, state: Any) -> Tuple[Any, Dict[str, Array]]:
-    key, k_rollout, k_update = self._split_keys(state.key)
-    # params -> rollout devices (a no-op when rollout and actor share their devices).
-    params, normalizer, k_rollout = jax.device_put(
-        (state.params, state.normalizer, k_rollout), self.rep_r)
-    if self.placement.fused_rollout:
-      env_state, traj = self._rollout(params, normalizer, state.env_state, k_rollout)
-    else:
-      env_state, traj = self._stepped_rollout(params, normalizer, state.env_state, k_rollout)
-    traj = jax.device_put(traj, self.traj_actor)  # trajectories -> actor devices
-    learner, metrics = self._learn(state.replace(env_state=None), traj, key, k_update)
-    return learner.replace(env_state=env_state), metrics
-
-  def _stepped_rollout(self, params, normalizer, env_state, k_rollout):
-    """T steps as a Python loop over (step, stage): inference on the rollout devices, physics
-    on the env devices. Dispatch is asynchronous, so stage s's physics runs while stage
-    s+1's inference does (pipelining)."""
-    k = self.placement.pipeline_stages
-    states = list(self._split_env(env_state))
-    obs = [jax.device_put(s.obs, self.roll_batch) for s in states]
-    env_records, roll_records = [], []
-    for t in range(self.trainer.num_steps):
-      env_t, roll_t = [], []
-      for s in range(k):
-        action, log_prob, value = self._act(params, normalizer, obs[s], k_rollout, t, s)
-        states[s], record, to_rollout = self._env_step(
-            states[s], jax.device_put(action, self.env_batch))
-        obs[s], final_obs = jax.device_put(to_rollout, self.roll_batch)
-        boot = self._bootstrap(params, normalizer, final_obs)
-        env_t.append(record)
-        roll_t.append(dict(action=action, log_prob=log_prob, value=value,
-                           bootstrap_value=boot))
-      env_records.append(env_t)
-      roll_records.append(roll_t)
-    env_part = self._assemble_env(env_records)
-    roll_part = jax.device_put(self._assemble_roll(roll_records), self.traj_env)
-    traj = rollout_lib.Transition(**env_part, **roll_part)
-    return self._merge_env(states), traj
-
-
-def build_programs(trainer: Any, placement: Placement) -> Any:
-  """The programs that run ``trainer``'s iterations under ``placement``."""
-  if placement.single_device or placement.collocated:
-    return SingleProgram(trainer, placement)
-  if getattr(trainer, "adv_type", "gae") != "gae":
-    raise PlacementError(
-        f"algorithm.adv_type={trainer.adv_type!r} runs only with env, rollout and actor on "
-        f"the same devices (e.g. 'env,rollout,actor:all'); got {placement.spec!r}")
-  return StagedPrograms(trainer, placement)

@@ -30,35 +30,45 @@ def _abstract(tree: Any) -> Any:
                       hasattr(x, "dtype"))
 
 
-def make_policy_apply(config: Any, action_size: int, deterministic: bool = True,
-                      ) -> Callable[[Any, Any, Any, Optional[Array]], Array]:
-  """The pure action function of the agent ``config`` describes.
+def act_fn(networks: Any, normalize: bool, deterministic: bool = True
+           ) -> Callable[[Any, Any, Any, Optional[Array]], Array]:
+  """THE policy factory: training, evaluation, videos and :func:`load_policy` all use it.
+
+  Args:
+    networks: an :class:`~panda_rl.networks.ActorCritic` (only its policy is used).
+    normalize: apply the observation normaliser (``algorithm.normalize_obs``).
+    deterministic: return the Gaussian mean (evaluation) instead of a sample.
 
   Returns:
-    ``apply(policy_params, normalizer, obs, key) -> action``: obs [..., D] (or a dict of
-    arrays with common leading axes, images included) -> action [..., A] in [-1, 1].
-    Deterministic policies return the Gaussian mean and ignore ``key``; stochastic ones
-    sample with it.
+    ``apply(policy_params, normalizer, obs, key=None) -> action``: raw obs [..., D] (or a
+    dict of arrays with common leading axes, images included) -> action [..., A] in
+    [-1, 1]. Stochastic policies sample with ``key``.
   """
-  from panda_rl import networks
+  from panda_rl import networks as networks_lib
   from panda_rl import normalizer as norm_lib
-
-  agent = networks.make_networks(config.actor.model, action_size, with_value=False)
-  normalize = bool(config.algorithm.normalize_obs)
 
   def apply(policy_params, stats, obs, key=None):
     if normalize:
       obs = norm_lib.normalize(stats, obs)
-    mean, log_std = agent.policy_apply(policy_params, obs)
+    mean, log_std = networks.policy_apply(policy_params, obs)
     if deterministic:
       action = mean
     else:
       if key is None:
         raise ValueError("a stochastic policy needs a PRNG key: policy(obs, key)")
-      action = networks.gaussian_sample(key, mean, log_std)
+      action = networks_lib.gaussian_sample(key, mean, log_std)
     return jnp.clip(action, -1.0, 1.0)
 
   return apply
+
+
+def make_policy_apply(config: Any, action_size: int, deterministic: bool = True,
+                      ) -> Callable[[Any, Any, Any, Optional[Array]], Array]:
+  """:func:`act_fn` of the agent ``config`` describes (its policy network only)."""
+  from panda_rl import networks
+
+  agent = networks.make_networks(config.actor.model, action_size, with_value=False)
+  return act_fn(agent, bool(config.algorithm.normalize_obs), deterministic)
 
 
 def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None,

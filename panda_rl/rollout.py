@@ -25,6 +25,7 @@ Array = jax.Array
 # obs [B, ...], noise [B, A] (standard normal) -> (action [B, A], log_prob [B], value [B])
 ActFn = Callable[[Any, Array], Tuple[Array, Array, Array]]
 ValueFn = Callable[[Any], Array]  # obs [B, ...] -> value [B]
+TERM_PREFIX = "reward_terms/"  # env metrics holding raw reward terms (logged as env/...)
 
 
 class Transition(NamedTuple):
@@ -46,6 +47,8 @@ class Transition(NamedTuple):
       bookkeeping the env names in its ``episode_keys`` attribute (e.g.
       :class:`~panda_rl.envs.groups.GroupAutoResetWrapper`'s ``step_valid`` and
       ``group_reset``).
+    terms: dict of [T, B] raw reward terms of the step, the env's ``metrics`` named
+      ``reward_terms/<name>`` (empty for envs that name none).
   """
 
   obs: Any
@@ -58,6 +61,7 @@ class Transition(NamedTuple):
   terminated: Array
   truncated: Array
   episode: Dict[str, Array]
+  terms: Dict[str, Array] = {}
 
 
 def split_stages(tree: Any, num_stages: int, axis: int = 0, block: int = 1) -> list:
@@ -103,6 +107,14 @@ def step_noise(key: Array, num_envs: int, action_size: int) -> Array:
   return jax.random.normal(key, (num_envs, action_size), jnp.float32)
 
 
+def env_record(env: Env, state: EnvState, nxt: EnvState) -> Dict[str, Any]:
+  """The env's part of a :class:`Transition` for the step ``state -> nxt``."""
+  return dict(obs=state.obs, reward=nxt.reward, done=nxt.done, terminated=nxt.terminated,
+              truncated=nxt.truncated,
+              episode={k: nxt.metrics[k] for k in getattr(env, "episode_keys", EPISODE_KEYS)},
+              terms={k: v for k, v in nxt.metrics.items() if k.startswith(TERM_PREFIX)})
+
+
 def act_and_step(env: Env, state: EnvState, noise: Array, act_fn: ActFn,
                  value_fn: Optional[ValueFn] = None) -> Tuple[EnvState, Transition]:
   """One step of a batch (or stage) of envs: act, step the env, record the transition."""
@@ -112,11 +124,8 @@ def act_and_step(env: Env, state: EnvState, noise: Array, act_fn: ActFn,
     bootstrap = jnp.zeros_like(nxt.reward)
   else:
     bootstrap = value_fn(nxt.info["final_obs"])
-  record = Transition(
-      obs=state.obs, action=action, log_prob=log_prob, value=value,
-      bootstrap_value=bootstrap, reward=nxt.reward, done=nxt.done,
-      terminated=nxt.terminated, truncated=nxt.truncated,
-      episode={k: nxt.metrics[k] for k in getattr(env, "episode_keys", EPISODE_KEYS)})
+  record = Transition(action=action, log_prob=log_prob, value=value,
+                      bootstrap_value=bootstrap, **env_record(env, state, nxt))
   return nxt, record
 
 

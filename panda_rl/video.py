@@ -32,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from panda_rl.envs.base import AutoResetWrapper, Env
+from panda_rl import evaluation
+from panda_rl.envs.base import Env
+from panda_rl.evaluation import single_env
 
 CAMERAS = ("front", "wrist")
 # Overlay colours (RGB uint8).
@@ -96,13 +98,6 @@ def check_settings(num_videos: int, resolution: Any, fps: float) -> Tuple[int, i
   if errors:
     raise ValueError("; ".join(errors))
   return int(num_videos), int(hw[0]), int(hw[1]), float(fps)
-
-
-def single_env(env: Env) -> Env:
-  """The env of ONE episode: ``env`` without its (batching, auto-resetting) wrappers."""
-  while isinstance(env, AutoResetWrapper):
-    env = env.env
-  return env
 
 
 def episode_steps(env: Env) -> int:
@@ -189,17 +184,16 @@ class VideoRecorder:
     return jnp.concatenate([images[c]["rgb"] for c in self.cameras], axis=1)
 
   def _rollout_impl(self, params: Any, key: jax.Array):
-    env, n = self.env, self.num_videos
-    state = jax.vmap(env.reset)(jax.random.split(key, n))
-    zeros = jnp.zeros((n,), jnp.float32)
+    env, zeros = self.env, jnp.zeros((self.num_videos,), jnp.float32)
+
+    def record(state):
+      return (jax.vmap(self._frame)(state.data), state.done,
+              state.metrics.get("success", zeros))
+
+    _, state, (frames, done, success) = evaluation.run_episodes(
+        env, lambda obs: self.policy_fn(params, obs), key, self.num_videos, record=record,
+        num_steps=self.max_steps)
     first = jax.vmap(self._frame)(_with_kinematics(env, state.data))
-
-    def body(state, _):
-      state = jax.vmap(env.step)(state, self.policy_fn(params, state.obs))
-      frame = jax.vmap(self._frame)(state.data)
-      return state, (frame, state.done, state.metrics.get("success", zeros))
-
-    _, (frames, done, success) = jax.lax.scan(body, state, None, length=self.max_steps)
     # Frames [T + 1, N, H, C * W, 3]; done and success [T] per env, success [T + 1].
     frames = jnp.concatenate([first[None], frames], axis=0)
     success = jnp.concatenate([state.metrics.get("success", zeros)[None], success], axis=0)

@@ -17,6 +17,7 @@ import pytest
 
 from panda_rl import metrics as M
 from panda_rl import train as train_lib
+from panda_rl import validation
 from panda_rl.checkpoint import Checkpointer, CheckpointError
 from panda_rl.config import ConfigError, load_config
 from panda_rl.logger import MissingBackendError, check_backends, make_logger, read_scalars
@@ -70,14 +71,14 @@ def test_smoke_run_writes_every_metric_and_checkpoints(smoke):
   assert events, f"no event file in {run_dir}"
   scalars = read_scalars(run_dir)
   expected = set(M.ITERATION_METRICS) | set(M.EVAL_METRICS) | {
-      train_lib.COMPILE_S, train_lib.ITERATION_S, train_lib.ENV_STEPS_PER_S,
-      train_lib.ENV_STEPS, train_lib.EVAL_S}
+      M.COMPILE_S, M.ITERATION_S, M.ENV_STEPS_PER_S,
+      M.ENV_STEPS, M.EVAL_S}
   missing = sorted(expected - set(scalars))
   assert not missing, f"metrics missing from the event file: {missing}"
   assert [s for s, _, _ in scalars[M.LOSS]] == [1, 2, 3, 4]
   assert [s for s, _, _ in scalars[M.EVAL_SUCCESS_ONCE]] == [2, 4]
-  assert len(scalars[train_lib.COMPILE_S]) == 1 and scalars[train_lib.COMPILE_S][0][1] > 0
-  assert [v for _, v, _ in scalars[train_lib.ENV_STEPS]] == [128.0, 256.0, 384.0, 512.0]
+  assert len(scalars[M.COMPILE_S]) == 1 and scalars[M.COMPILE_S][0][1] > 0
+  assert [v for _, v, _ in scalars[M.ENV_STEPS]] == [128.0, 256.0, 384.0, 512.0]
   assert Checkpointer(run_dir / "checkpoints").all_steps() == [2, 4]
   assert (run_dir / "config.json").is_file()
   assert "steps=" in proc.stderr and "success=" in proc.stderr  # the progress bar
@@ -115,10 +116,49 @@ def test_resume_gives_the_same_parameters_as_a_straight_run(cli_env, smoke, tmp_
   assert [(s, v) for s, v, _ in sa[M.LOSS]] == [(s, v) for s, v, _ in sb[M.LOSS]]
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_checkpoints_the_current_iteration_and_resume_is_exact(cli_env, tmp_path,
+                                                                        signame):
+  """SIGTERM / SIGINT mid-run: the iteration finishes, a checkpoint is written, exit 0;
+  resuming to N + 3 iterations gives the parameters of a straight N + 3 run."""
+  import signal
+  import time
+
+  stopped = tmp_path / "stopped"
+  args = [sys.executable, "-m", "panda_rl.train", f"--config={CONFIG}", *TINY,
+          f"--config.runner.logger.log_path={stopped}", "--config.runner.max_epochs=100000",
+          "--config.runner.save_interval=0", "--config.runner.val_check_interval=0"]
+  proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  run_dir = stopped.joinpath(*RUN)
+  try:
+    deadline = time.time() + 300
+    while not (run_dir / "config.json").exists() and time.time() < deadline:
+      time.sleep(0.2)
+    time.sleep(3.0)  # mid-training: compiled, iterating
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  match = re.search(rf"{signame}: stopped after iteration (\d+)/100000 with checkpoint step "
+                    r"(\d+)", out)
+  assert match and match.group(1) == match.group(2), out[-2000:]
+  n = int(match.group(1))
+  assert 1 <= n < 100000 and Checkpointer(run_dir / "checkpoints").all_steps() == [n]
+  _ok(_train(cli_env, stopped, f"--config.runner.max_epochs={n + 3}",
+             "--config.runner.resume=True", "--config.runner.save_interval=0"))
+  _ok(_train(cli_env, tmp_path / "straight", f"--config.runner.max_epochs={n + 3}",
+             "--config.runner.save_interval=0"))
+  a = _saved_state(tmp_path.joinpath("straight", *RUN), n + 3)
+  b = _saved_state(run_dir, n + 3)
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+
+
 def test_existing_run_without_resume_fails_clearly(cli_env, smoke):
   log_path, run_dir, _ = smoke
   proc = _train(cli_env, log_path, "--config.runner.max_epochs=4")
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert "already holds checkpoints" in proc.stderr and "runner.resume=True" in proc.stderr
   assert Checkpointer(run_dir / "checkpoints").all_steps() == [2, 4]
 
@@ -129,10 +169,49 @@ def test_existing_run_without_resume_fails_clearly(cli_env, smoke):
 ])
 def test_bad_overrides_fail_clearly(cli_env, tmp_path, override, expected):
   proc = _train(cli_env, tmp_path, override)
-  assert proc.returncode != 0
+  assert proc.returncode == 2
   assert expected in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr
   assert not list(tmp_path.rglob("*tfevents*"))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.env.train.env_id=PointRech-v0", "Unknown env 'PointRech-v0'. Did you mean "
+     "'PointReach-v0'?"),
+    ("--config.cluster.component_placement=env:0-3;rollout:4-7;actor:8-15",
+     "PlacementError: cluster.component_placement="),
+    ("--config.env.train.overrides={'reset_pregrasp_prob': 0.4}",
+     "unknown config key(s) ['reset_pregrasp_prob']"),
+])
+def test_library_errors_end_with_one_message_and_exit_2(cli_env, tmp_path, override,
+                                                        expected):
+  proc = _train(cli_env, tmp_path, override)
+  assert proc.returncode == 2, proc.stderr
+  ours = [line for line in proc.stderr.splitlines() if line.startswith("panda_rl.train: ")]
+  assert len(ours) == 1 and expected in proc.stderr[proc.stderr.index(ours[0]):], proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not list(tmp_path.rglob("*tfevents*"))
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+  base = [a[len("--config."):] for a in TINY] + [f"runner.logger.log_path={tmp_path}"]
+  config = load_config(CONFIG, base)
+  config.unlock()
+  config.runner.save_interval = -1
+  config.actor.optim.lr = 0.0
+  config.actor.model.activation = "sigmoidish"
+  with pytest.raises(ConfigError) as err:
+    validation.validate_config(config)
+  for expected in ("runner.save_interval must be an int >= 0", "actor.optim.lr must be > 0",
+                   "actor.model.activation"):
+    assert expected in str(err.value)
+  config.actor.optim.lr, config.actor.model.activation = 1e-3, "swish"
+  config.runner.save_interval = 2
+  config.env.train.env_id = "NoSuchEnv-v0"
+  config.env.eval.env_id = "NoSuchEnvEither-v0"
+  with pytest.raises(ConfigError) as err:
+    validation.check(config)
+  assert "'NoSuchEnv-v0'" in str(err.value) and "'NoSuchEnvEither-v0'" in str(err.value)
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from panda_rl import metrics as M
-from panda_rl import training
+from panda_rl import training, validation
 from panda_rl.agents import grpo
 from panda_rl.config import ConfigError, load_config
 from panda_rl.envs.base import Env, EnvState
@@ -382,7 +382,7 @@ def test_grpo_config_file_differs_from_ppo_only_where_commented():
                                                              "mujoco_ppo_mlp.py"))
   assert grpo_c.algorithm.adv_type == "grpo" and ppo_c.algorithm.adv_type == "gae"
   assert grpo_c.rollout.num_steps == panda_rl.make("PandaPickCube-v0").config.episode_length
-  training.validate_config(grpo_c)
+  validation.validate_config(grpo_c)
 
 
 # --------------------------------------------------------------------------------------
@@ -414,13 +414,13 @@ def test_cli_run_logs_grpo_metrics_and_no_critic(cli_env, tmp_path):
   assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
   run_dir = tmp_path / "panda_rl" / "mujoco_grpo_mlp"
   scalars = read_scalars(run_dir)
-  expected = set(M.iteration_metrics("grpo")) | set(M.EVAL_METRICS) | {
-      train_lib.COMPILE_S, train_lib.ITERATION_S, train_lib.ENV_STEPS}
+  expected = set(M.GRPO_ITERATION_METRICS) | set(M.EVAL_METRICS) | {
+      M.COMPILE_S, M.ITERATION_S, M.ENV_STEPS}
   missing = sorted(expected - set(scalars))
   assert not missing, f"metrics missing from the event file: {missing}"
   critic = sorted(k for k in scalars if k.startswith("train/critic/"))
   assert not critic, f"critic metrics logged by GRPO: {critic}"
-  assert [v for _, v, _ in scalars[train_lib.ENV_STEPS]] == [200.0, 400.0]
+  assert [v for _, v, _ in scalars[M.ENV_STEPS]] == [200.0, 400.0]
   policy = panda_rl.load_policy(run_dir)
   assert policy.step == 2 and policy(np.zeros((3, 4), np.float32)).shape == (3, 2)
 

@@ -36,12 +36,16 @@ variance and gives the exact gradient.
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Tuple
+import dataclasses
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from panda_rl import metrics as M
+from panda_rl.agents.base import Algorithm, IterationKeys, flatten_time
+from panda_rl.envs.base import Env
+from panda_rl.envs.groups import GROUP_RESET, STEP_VALID, GroupAutoResetWrapper
 from panda_rl.networks import gaussian_entropy, gaussian_kl, gaussian_log_prob
 
 Array = jax.Array
@@ -184,3 +188,120 @@ def grpo_loss(params: Dict[str, Any], apply_fns: Any, batch: GRPOBatch, key: Arr
       M.LOSS: sg(loss),
   }
   return loss, metrics
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def episode_length(env: Env) -> Any:
+  """The env's fixed maximum episode length (time limit), or None if it declares none."""
+  env = env.unwrapped
+  n = getattr(env, "episode_length", None)
+  if n is None and hasattr(env, "config"):
+    n = env.config.get("episode_length", None)
+  return None if n is None else int(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPO(Algorithm):
+  """GRPO (``algorithm.adv_type = "grpo"``): groups sharing a start, no critic.
+
+  Every iteration starts from freshly reset groups and plays whole episodes (see the module
+  docstring); the frozen reference policy (the initial one) lives in ``TrainState.ref_params``.
+  """
+
+  name: str = "grpo"
+  needs_value: bool = False
+  fresh_envs: bool = True
+  iteration_metrics: Tuple[str, ...] = M.GRPO_ITERATION_METRICS
+  group_size: int = 8
+  group_std_norm: bool = True
+  clip_ratio: float = 0.2
+  entropy_coef: float = 0.0
+  kl_beta: float = 0.0
+  normalize_advantages: bool = False
+
+  @classmethod
+  def from_config(cls, alg: Any) -> "GRPO":
+    return cls(reward_scale=float(alg.reward_scale), group_size=int(alg.group_size),
+               group_std_norm=bool(alg.group_std_norm), clip_ratio=float(alg.clip_ratio),
+               entropy_coef=float(alg.entropy_coef), kl_beta=float(alg.kl_beta),
+               normalize_advantages=bool(alg.normalize_advantages))
+
+  @staticmethod
+  def config_problems(config: Any) -> List[str]:
+    alg, num_envs = config.algorithm, config.env.train.num_envs
+    group_size = alg.get("group_size", None)
+    if not _is_int(group_size) or group_size < 2:
+      return [f"algorithm.group_size must be an int >= 2 for GRPO (advantages compare the "
+              f"members of a group), got {group_size!r}"]
+    out = []
+    if _is_int(num_envs) and num_envs >= 1 and num_envs % group_size:
+      out.append(f"env.train.num_envs = {num_envs} must be divisible by algorithm.group_size "
+                 f"= {group_size}: GRPO resets the envs in groups of group_size that share "
+                 "one initial state")
+    if alg.get("kl_beta", 0.0) < 0.0:
+      out.append(f"algorithm.kl_beta must be >= 0, got {alg.kl_beta}")
+    return out
+
+  def env_problems(self, config: Any, env: Env) -> List[str]:
+    """GRPO needs whole episodes in every rollout (see the module docstring)."""
+    env_id, num_steps = config.env.train.env_id, config.rollout.num_steps
+    length = episode_length(env)
+    if length is None:
+      return [f"GRPO needs an env with a fixed time limit (an `episode_length`), so that "
+              f"every episode ends within an iteration; {env_id} declares none"]
+    if _is_int(num_steps) and num_steps < length:
+      return [f"rollout.num_steps = {num_steps} is shorter than {env_id}'s episode_length = "
+              f"{length}: GRPO needs whole episodes (each iteration starts fresh groups and "
+              f"only episodes that end within it have a return). Set "
+              f"--config.rollout.num_steps={length} (or a multiple, for several rounds per "
+              f"iteration)."]
+    return []
+
+  def wrap_env(self, env: Env, num_envs: int) -> Env:
+    return GroupAutoResetWrapper(env, num_envs, self.group_size)
+
+  @property
+  def stage_block(self) -> int:
+    return self.group_size
+
+  def valid_steps(self, traj):
+    return traj.episode[STEP_VALID]
+
+  def iteration_keys(self, key):
+    k_next, k_reset, k_rollout, k_update = jax.random.split(key, 4)
+    return IterationKeys(k_next, k_reset, k_rollout, k_update)
+
+  def start_rollout(self, env, env_state, key):
+    # Fresh groups every iteration, so that each group's round (one episode per member)
+    # starts and ends inside this rollout.
+    del env_state
+    return env.reset(key)
+
+  def init_extra(self, params):
+    # The frozen reference policy: the initial policy (a copy, its own buffers).
+    return jax.tree.map(jnp.copy, params["policy"])
+
+  def make_batch(self, networks, state, traj, obs):
+    advantages, mask, group_stats = group_advantages(
+        traj.episode["episode_return"], traj.episode[GROUP_RESET], traj.episode[STEP_VALID],
+        self.group_size, std_norm=self.group_std_norm, reward_scale=self.reward_scale)
+    obs = jax.tree.map(flatten_time, obs)
+    ref_mean, ref_log_std = networks.policy_apply(state.ref_params, obs)
+    batch = GRPOBatch(obs=obs, actions=flatten_time(traj.action),
+                      old_log_prob=flatten_time(traj.log_prob),
+                      advantages=flatten_time(advantages), mask=flatten_time(mask),
+                      ref_mean=ref_mean, ref_log_std=ref_log_std)
+    # Waiting steps repeat a frozen final observation; rewards are averaged over the steps
+    # envs really took, advantages over the steps in the loss.
+    metrics = M.rollout_metrics(traj.reward, advantages, reward_mask=self.valid_steps(traj),
+                                advantage_mask=mask)
+    metrics.update(group_stats)
+    return batch, advantages, metrics
+
+  def loss(self, params, networks, batch, key):
+    return grpo_loss(params, networks, batch, key, clip_ratio=self.clip_ratio,
+                     entropy_coef=self.entropy_coef, kl_beta=self.kl_beta,
+                     normalize_advantages=self.normalize_advantages)

@@ -1,16 +1,20 @@
-"""PPO's loss: clipped-ratio policy loss, clipped value loss, entropy bonus (pure function).
+"""PPO: GAE advantages, the clipped-ratio policy loss, clipped value loss and entropy bonus.
 
-The definitions of every number this loss reports are in :mod:`panda_rl.metrics`.
+:func:`ppo_loss` is the pure loss; :class:`PPO` is the :class:`~panda_rl.agents.base.Algorithm`
+the trainer runs. The definitions of every number reported are in :mod:`panda_rl.metrics`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Tuple
+import dataclasses
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from panda_rl import metrics as M
+from panda_rl.agents import gae as gae_lib
+from panda_rl.agents.base import Algorithm, flatten_time
 from panda_rl.networks import forward, gaussian_entropy, gaussian_log_prob
 
 Array = jax.Array
@@ -34,6 +38,20 @@ class PPOBatch(NamedTuple):
   old_values: Array
   advantages: Array
   returns: Array
+
+
+def _value_loss(values: Array, batch: PPOBatch, value_clip: float) -> Tuple[Array, Array]:
+  """(0.5 * mean squared value error, clipped around old_values when value_clip > 0;
+  share of samples where that clip is active)."""
+  err = jnp.square(values - batch.returns)
+  if value_clip <= 0:
+    return 0.5 * jnp.mean(err), jnp.zeros((), jnp.float32)
+  values_clipped = batch.old_values + jnp.clip(values - batch.old_values,
+                                               -value_clip, value_clip)
+  value_loss = 0.5 * jnp.mean(jnp.maximum(err, jnp.square(values_clipped - batch.returns)))
+  value_clip_active = jnp.mean(
+      (jnp.abs(values - batch.old_values) > value_clip).astype(jnp.float32))
+  return value_loss, value_clip_active
 
 
 def ppo_loss(params: Dict[str, Any], apply_fns: Any, batch: PPOBatch, key: Array, *,
@@ -74,17 +92,7 @@ def ppo_loss(params: Dict[str, Any], apply_fns: Any, batch: PPOBatch, key: Array
   clipped = jnp.clip(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
   policy_loss = jnp.mean(jnp.maximum(-adv * ratio, -adv * clipped))
 
-  err = jnp.square(values - batch.returns)
-  if value_clip > 0:
-    values_clipped = batch.old_values + jnp.clip(values - batch.old_values,
-                                                 -value_clip, value_clip)
-    value_loss = 0.5 * jnp.mean(jnp.maximum(err, jnp.square(values_clipped - batch.returns)))
-    value_clip_active = jnp.mean(
-        (jnp.abs(values - batch.old_values) > value_clip).astype(jnp.float32))
-  else:
-    value_loss = 0.5 * jnp.mean(err)
-    value_clip_active = jnp.zeros((), jnp.float32)
-
+  value_loss, value_clip_active = _value_loss(values, batch, value_clip)
   entropy_loss = jnp.mean(entropy)
   loss = policy_loss + value_coef * value_loss - entropy_coef * entropy_loss
 
@@ -101,3 +109,54 @@ def ppo_loss(params: Dict[str, Any], apply_fns: Any, batch: PPOBatch, key: Array
       M.LOSS: sg(loss),
   }
   return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class PPO(Algorithm):
+  """PPO with GAE (``algorithm.adv_type = "gae"``): a value net, truncation bootstrapping."""
+
+  name: str = "gae"
+  needs_value: bool = True
+  iteration_metrics: Tuple[str, ...] = M.ITERATION_METRICS
+  gamma: float = 0.99
+  gae_lambda: float = 0.95
+  clip_ratio: float = 0.2
+  value_clip: float = 0.2
+  value_coef: float = 0.5
+  entropy_coef: float = 0.0
+  normalize_advantages: bool = True
+
+  @classmethod
+  def from_config(cls, alg: Any) -> "PPO":
+    return cls(reward_scale=float(alg.reward_scale), gamma=float(alg.gamma),
+               gae_lambda=float(alg.gae_lambda), clip_ratio=float(alg.clip_ratio),
+               value_clip=float(alg.value_clip), value_coef=float(alg.value_coef),
+               entropy_coef=float(alg.entropy_coef),
+               normalize_advantages=bool(alg.normalize_advantages))
+
+  @staticmethod
+  def config_problems(config: Any) -> List[str]:
+    alg = config.algorithm
+    checks = ((0.0 < alg.gamma <= 1.0, f"algorithm.gamma must be in (0, 1], got {alg.gamma}"),
+              (0.0 <= alg.gae_lambda <= 1.0,
+               f"algorithm.gae_lambda must be in [0, 1], got {alg.gae_lambda}"),
+              (alg.value_coef >= 0.0,
+               f"algorithm.value_coef must be >= 0, got {alg.value_coef}"))
+    return [msg for ok, msg in checks if not ok]
+
+  def make_batch(self, networks, state, traj, obs):
+    del networks, state
+    advantages, returns = gae_lib.compute_gae(
+        traj.reward * self.reward_scale, traj.value, traj.bootstrap_value, traj.terminated,
+        traj.truncated, gamma=self.gamma, gae_lambda=self.gae_lambda)
+    batch = PPOBatch(obs=jax.tree.map(flatten_time, obs), actions=flatten_time(traj.action),
+                     old_log_prob=flatten_time(traj.log_prob),
+                     old_values=flatten_time(traj.value),
+                     advantages=flatten_time(advantages), returns=flatten_time(returns))
+    return batch, advantages, M.rollout_metrics(traj.reward, advantages)
+
+  def loss(self, params, networks, batch, key):
+    return ppo_loss(params, networks, batch, key, clip_ratio=self.clip_ratio,
+                    value_clip=self.value_clip, value_coef=self.value_coef,
+                    entropy_coef=self.entropy_coef,
+                    normalize_advantages=self.normalize_advantages)

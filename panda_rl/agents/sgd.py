@@ -84,3 +84,25 @@ def minibatch_epochs(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       epoch, (params, opt_state, jnp.asarray(first_update, jnp.int32)),
       jax.random.split(key, num_epochs))
   return params, opt_state, jax.tree.map(jnp.mean, metrics)
+
+
+def make_lr_schedule(config: Any) -> optax.Schedule:
+  """Learning rate per optimiser update, decaying to 0 over ``runner.max_epochs`` iterations."""
+  optim, alg = config.actor.optim, config.algorithm
+  total = max(1, config.runner.max_epochs * alg.update_epochs * alg.num_minibatches)
+  if optim.lr_schedule == "constant":
+    return optax.constant_schedule(optim.lr)
+  if optim.lr_schedule == "linear":
+    return optax.linear_schedule(optim.lr, 0.0, total)
+  if optim.lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(optim.lr, total)
+  raise ValueError(f"unknown actor.optim.lr_schedule {optim.lr_schedule!r}")
+
+
+def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Global-norm clip (if ``actor.optim.max_grad_norm > 0``) then Adam with the schedule."""
+  optim = config.actor.optim
+  adam = optax.adam(schedule, eps=optim.adam_eps)
+  if optim.max_grad_norm and optim.max_grad_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), adam)
+  return adam
