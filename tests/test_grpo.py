@@ -447,3 +447,71 @@ def test_resume_is_exact(tmp_path):
   ck = Checkpointer(tmp_path / "b" / "panda_rl" / "mujoco_grpo_mlp" / "checkpoints")
   assert ck.all_steps() == [1, 2]
   ck.close()
+
+
+# --------------------------------------------------------------------------------------
+# GRPO in every placement (16 virtual CPU devices, in a subprocess).
+
+GRPO_PLACEMENTS = {
+    "collocated": ("env,rollout,actor:all", 1),
+    "collocated_pipelined": ("env,rollout,actor:all", 2),
+    "env_rollout_fused": ("env,rollout:0-7;actor:8-15", 1),
+    "disaggregated": ("env:0-3;rollout:4-7;actor:8-15", 1),
+    "hybrid_pipelined": ("env:0-7;rollout:8-15;actor:0-15", 2),
+}
+
+
+def _placed_probe_config(spec="env,rollout,actor:all", stages=1):
+  c = probe_config()
+  c.env.train.num_envs = 128  # 32 groups of 4: whole groups per device and stage
+  c.algorithm.group_size = 4
+  c.cluster.component_placement = spec
+  c.rollout.pipeline_stage_num = stages
+  return c
+
+
+def _grpo_params(config, iterations=2):
+  trainer = training.Trainer(config)
+  state = trainer.init(jax.random.PRNGKey(0))
+  for _ in range(iterations):
+    state, metrics = trainer.train_iteration(state)
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
+  return ({jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves},
+          {k: float(v) for k, v in jax.device_get(metrics).items()})
+
+
+def _child_grpo_placements(out_dir):
+  import json
+
+  assert jax.device_count() == 16, jax.devices()
+  for name, (spec, stages) in GRPO_PLACEMENTS.items():
+    params, metrics = _grpo_params(_placed_probe_config(spec, stages))
+    np.savez(Path(out_dir) / f"{name}.npz", **params)
+    (Path(out_dir) / f"{name}.json").write_text(json.dumps(metrics))
+
+
+def test_grpo_runs_in_every_placement_with_the_same_result(cli_env, tmp_path):
+  import json
+
+  env = dict(cli_env, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=16"
+  proc = subprocess.run([sys.executable, __file__, "grpo_placements", str(tmp_path)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  ref, ref_metrics = _grpo_params(_placed_probe_config())  # this process: one device
+  for name in GRPO_PLACEMENTS:
+    params = dict(np.load(tmp_path / f"{name}.npz"))
+    assert params.keys() == ref.keys()
+    for k in ref:
+      np.testing.assert_allclose(params[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=f"{name} {k}")
+    metrics = json.loads((tmp_path / f"{name}.json").read_text())
+    for k in (M.LOSS, M.REF_KL, M.GROUP_RETURN_STD, M.SUCCESS_ONCE):
+      np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=1e-4, atol=1e-5,
+                                 err_msg=f"{name} {k}")
+
+
+if __name__ == "__main__":
+  if sys.argv[1:2] == ["grpo_placements"]:
+    _child_grpo_placements(sys.argv[2])
+  else:
+    raise SystemExit(f"unknown mode {sys.argv[1:]}")
