@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.cluster.num_nodes = 1  # processes (hosts) in the run; >1 starts jax.distributed
   # Where components run: "group:range;group:range", groups of env/rollout/actor joined by
   # ",", ranges as "all", "3" or "0-3" (global device ids, jax.devices() order); e.g.
-  # "env:0-3;rollout:4-7;actor:8-15". See docs/placement.md.
+  # "env:0-3;rollout:4-7;actor:8-15". See README.md (Placement) and docs/ARCHITECTURE.md.
   c.cluster.component_placement = "env,rollout,actor:all"
   c.cluster.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS
   c.cluster.process_id = -1  # this process's id (multi-host); -1 = $JAX_PROCESS_ID / auto
