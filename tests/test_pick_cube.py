@@ -113,29 +113,122 @@ def _constructed(env, tcp, cube):
 ])
 def test_reward_terms_match_hand_computed(pick_env, tcp, cube, reach, lift, success):
   data = _constructed(pick_env, tcp, cube)
-  shaped, terms = pick_env._reward(data, jnp.asarray(cube), 0.02)
+  terms, succ = pick_env.reward_terms(data, jnp.asarray(cube), 0.02)
+  assert set(terms) == {"reach", "lift"}
   np.testing.assert_allclose(terms["reach"], reach, rtol=1e-5)
   np.testing.assert_allclose(terms["lift"], lift, rtol=1e-5, atol=1e-6)
-  assert float(terms["success"]) == success
+  assert float(succ) == success
+  shaped, metrics = pick_env._reward(data, jnp.asarray(cube), 0.02)
   np.testing.assert_allclose(shaped, 0.3 * reach + 0.7 * lift, rtol=1e-5)
+  assert set(metrics) == {"reward_terms/reach", "reward_terms/lift", "success"}
 
 
-def test_relative_and_sparse_rewards():
+# Rollouts that call `step`, one env per reward type with the same key and actions (so the
+# same trajectory: the reward type does not touch the physics). Half the resets start with
+# the cube in the closed hand (lifted 0.47 m above its start: lift and success are 1), the
+# others on the floor, so every term and both success values occur.
+REWARD_STEPS = 4
+REWARD_B = 4
+_REWARD_ACTIONS = np.array([[0.4, -0.3, 0.2, 1.0], [-0.5, 0.2, -0.4, 1.0],
+                            [0.1, 0.5, -0.6, 1.0], [-0.2, -0.4, 0.5, 1.0]], np.float32)
+_rollouts = {}
+
+
+def _reward_rollout(kind):
+  """(env, [reset state, state after step 1, ...]) for reward_type ``kind`` (cached)."""
+  if kind not in _rollouts:
+    env = panda_rl.make("PandaPickCube-v0", reward_type=kind, reset_in_hand_prob=0.5)
+    state = jax.jit(jax.vmap(env.reset))(_keys(REWARD_B, 2))
+    step = jax.jit(jax.vmap(env.step))
+    states = [state]
+    for t in range(REWARD_STEPS):
+      action = np.roll(_REWARD_ACTIONS, t, axis=0)  # a different action per env and step
+      states.append(step(states[-1], jnp.asarray(action)))
+    _rollouts[kind] = env, [jax.tree.map(np.asarray, s) for s in states]
+  return _rollouts[kind]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_rollouts():
+  yield
+  _rollouts.clear()
+
+
+def _independent(env, state):
+  """(dense reward, success) per env [B], from the state only: TCP from the observation,
+  cube from qpos, start height from info; TASK.md's formula with its literal constants."""
+  tcp = state.obs[:, 0:3].astype(np.float64)
+  c = env._cube_qpos
+  cube = state.data.qpos[:, c:c + 3].astype(np.float64)
+  d = np.linalg.norm(cube - tcp, axis=-1)
+  height = cube[:, 2] - state.info["z_init"]
+  dense = 0.3 * np.exp(-20.0 * d) + 0.7 * np.clip(height / 0.2, 0.0, 1.0)
+  success = ((height >= 0.1) & (d <= 0.05)).astype(np.float64)
+  return dense, success
+
+
+def test_step_dense_reward_matches_the_formula():
+  env, states = _reward_rollout("dense")
+  held = states[0].info["grip_cmd"] == 1.0
+  assert held.any() and (~held).any(), "the seed must give both kinds of reset"
+  for s in states[1:]:
+    dense, _ = _independent(env, s)
+    np.testing.assert_allclose(s.reward, dense, rtol=1e-5, atol=1e-6)
+  lifts = np.stack([s.metrics["reward_terms/lift"] for s in states[1:]])
+  assert np.all(lifts[:, held] == 1.0) and np.all(lifts[:, ~held] < 0.05)
+
+
+def test_step_reward_terms_times_scales_sum_to_the_dense_reward():
+  env, states = _reward_rollout("dense")
+  assert env.reward_scales == {"reach": 0.3, "lift": 0.7}
+  for s in states:
+    terms = {k[len("reward_terms/"):]: v for k, v in s.metrics.items()
+             if k.startswith("reward_terms/")}
+    assert set(terms) == {"reach", "lift"} and "reach" not in s.metrics
+    dense, success = _independent(env, s)
+    np.testing.assert_allclose(terms["reach"], np.exp(-20.0 * np.linalg.norm(
+        s.data.qpos[:, env._cube_qpos:env._cube_qpos + 3] - s.obs[:, :3], axis=-1)),
+        rtol=1e-5)
+    total = sum(env.reward_scales[n] * terms[n] for n in ("reach", "lift"))
+    np.testing.assert_allclose(total, dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(s.metrics["success"], success)
+    assert set(s.metrics) >= {"success", "nan_physics", "out_of_bounds"}
+  for s in states[1:]:  # the returned reward is exactly that sum
+    total = env.reward_scales["reach"] * s.metrics["reward_terms/reach"]
+    total = total + env.reward_scales["lift"] * s.metrics["reward_terms/lift"]
+    np.testing.assert_allclose(s.reward, total, rtol=1e-6)
+
+
+def test_step_relative_reward_is_the_change_of_the_dense_reward():
+  env, states = _reward_rollout("relative")
+  dense = [_independent(env, s)[0] for s in states]
+  assert np.all(states[0].reward == 0.0)
+  for t in range(1, len(states)):
+    np.testing.assert_allclose(states[t].reward, dense[t] - dense[t - 1], atol=1e-5)
+  # Telescoping: the episode's relative rewards add up to final minus initial dense reward.
+  total = np.sum([s.reward for s in states[1:]], axis=0)
+  np.testing.assert_allclose(total, dense[-1] - dense[0], atol=1e-5)
+  assert np.any(np.abs(total) > 1e-3)  # the arm moved: not a trivially zero check
+
+
+def test_step_sparse_reward_is_the_success_indicator():
+  env, states = _reward_rollout("sparse")
+  seen = set()
+  for s in states[1:]:
+    _, success = _independent(env, s)
+    np.testing.assert_array_equal(s.reward, success)
+    seen.update(success.tolist())
+  assert seen == {0.0, 1.0}
+
+
+def test_reward_types_share_the_trajectory():
+  """Same key and actions: the reward type changes the reward only, not the physics."""
+  _, dense = _reward_rollout("dense")
   for kind in ("relative", "sparse"):
-    env = panda_rl.make("PandaPickCube-v0", reward_type=kind)
-    s0 = env.reset(jax.random.PRNGKey(0))
-    tcp, cube = (0.4, 0.0, 0.14), (0.4, 0.0, 0.14)
-    data = _constructed(env, tcp, cube)
-    shaped, terms = env._reward(data, jnp.asarray(cube), 0.02)
-    # The env computes the same quantities inside step; check the formula it applies.
-    if kind == "relative":
-      assert env.config.reward_type == "relative"
-      np.testing.assert_allclose(shaped - s0.info["prev_reward"], 0.3 + 0.7 * 0.6 -
-                                 0.3 * np.exp(-20 * np.linalg.norm(
-                                     np.asarray(s0.obs[:3]) - np.asarray(s0.obs[7:]))),
-                                 rtol=1e-5)
-    else:
-      assert float(terms["success"]) == 1.0
+    _, other = _reward_rollout(kind)
+    for a, b in zip(dense, other):
+      np.testing.assert_array_equal(a.obs, b.obs)
+      np.testing.assert_array_equal(a.data.qpos, b.data.qpos)
 
 
 # ----------------------------------------------------------------- episode flags

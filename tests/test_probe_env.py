@@ -29,7 +29,22 @@ def test_moves_toward_goal_and_clips_actions():
   s = env.step(s, jnp.asarray([5.0, -5.0]))  # clipped to [1, -1]
   np.testing.assert_allclose(np.asarray(s.data["pos"]), np.clip(pos + [0.1, -0.1], -1, 1),
                              rtol=1e-6)
-  np.testing.assert_allclose(float(s.reward), -float(s.metrics["distance"]), rtol=1e-6)
+  np.testing.assert_allclose(float(s.reward), float(s.metrics["reward_terms/distance"]),
+                             rtol=1e-6)
+
+
+def test_reward_is_the_scaled_sum_of_its_terms():
+  env = panda_rl.make("PointReach-v0", success_weight=0.5, goal_radius=0.5)
+  assert env.reward_scales == {"distance": 1.0, "success": 0.5}
+  s = env.reset(jax.random.PRNGKey(3))
+  for _ in range(6):
+    s = env.step(s, jnp.clip(5.0 * s.obs[2:], -1.0, 1.0))  # toward the goal
+    dist = float(np.linalg.norm(np.asarray(s.data["goal"]) - np.asarray(s.data["pos"])))
+    np.testing.assert_allclose(float(s.metrics["reward_terms/distance"]), -dist, rtol=1e-6)
+    assert float(s.metrics["reward_terms/success"]) == float(dist < 0.5)
+    assert float(s.metrics["success"]) == float(dist < 0.5)
+    np.testing.assert_allclose(float(s.reward), -dist + 0.5 * float(dist < 0.5), rtol=1e-6)
+  assert float(s.metrics["success"]) == 1.0
 
 
 def test_truncates_at_the_time_limit_and_auto_resets():

@@ -44,6 +44,28 @@ class EnvState:
   metrics: Dict[str, Array] = struct.field(default_factory=dict)
 
 
+REWARD_TERMS_PREFIX = "reward_terms/"  # metrics key prefix of the raw reward terms
+
+
+def scaled_reward_sum(terms: Dict[str, Array], scales: Dict[str, float]) -> Array:
+  """The reward as ``sum(scales[n] * terms[n])``, in the order of ``scales``.
+
+  Written as ``s0 * t0 + s1 * t1 + ...`` (no leading ``0 +``), so that it is bit-identical
+  to the hand-written sum of the same products in the same order.
+
+  Args:
+    terms: name -> raw (unscaled) reward term, any shape (all the same).
+    scales: name -> scale; every name must be in ``terms``.
+  Returns:
+    the scaled sum, the terms' shape.
+  """
+  total = None
+  for name, scale in scales.items():
+    scaled = scale * terms[name]
+    total = scaled if total is None else total + scaled
+  return total
+
+
 class Env:
   """Base class: subclasses implement ``reset``, ``step`` and the size properties."""
 

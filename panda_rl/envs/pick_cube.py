@@ -12,6 +12,12 @@ Defaults that differ from the task's reference values, and why (measured, see BE
 * The home TCP is at (0.308, 0, 0.490): the DH model plus Franka's 0.1034 m TCP offset puts
   it 5 cm higher than the "about (0.31, 0, 0.44)" of the reference text.
 
+Reward (``reward_type``): "dense" is ``sum(reward_scales[n] * term_n)`` over the terms
+``reach = exp(-reach_sharpness |cube - tcp|)`` (scale ``reach_weight``) and
+``lift = clip(height / lift_height, 0, 1)`` (scale ``lift_weight``); "relative" is the
+change of the dense reward since the last step; "sparse" is the success indicator. Every
+raw term is in ``state.metrics["reward_terms/<name>"]``, success in ``metrics["success"]``.
+
 Observation (flat float32 [10]): ``tcp_pos`` (3), ``tcp_vel`` (3), ``gripper_pos`` (1, the
 measured finger opening in metres, 0..0.08), ``cube_pos`` (3); :meth:`obs_dict` splits it.
 Action [4] in [-1, 1]: xyz moves the controller target by ``action_scale_xyz * a`` (clipped
@@ -20,28 +26,34 @@ to the workspace box), a[3] changes the gripper command (0 open, 1 closed).
 Kinematic quantities (``site_xpos``) read after ``mjx.step`` refer to the state at the
 start of the last physics substep (MJX integrates after computing them), i.e. they lag the
 returned ``qpos`` by one substep (5 ms); the cube position is read from ``qpos`` directly.
+
+Code layout: the robot (model, ids, home template, physics loop) is
+:class:`panda_rl.envs.panda.PandaBase`, the operational-space controller is
+:mod:`panda_rl.envs.controller`, the reset curricula are :mod:`panda_rl.envs.curriculum`;
+this module holds the task: config, reset, step, reward and observation.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import mujoco
 import numpy as np
-from mujoco import mjx
 
-from panda_rl.envs.base import Env, EnvState
+from panda_rl.envs import curriculum
+from panda_rl.envs.base import REWARD_TERMS_PREFIX, EnvState, scaled_reward_sum
+from panda_rl.envs.panda import ASSET, HOME_QPOS, TORQUE_LIMITS, PandaBase
 
-ASSET = os.path.join(os.path.dirname(__file__), "assets", "panda_pick_cube.xml")
-HOME_QPOS = (0.0, -0.785, 0.0, -2.35, 0.0, 1.57, 0.785)
+__all__ = ["ASSET", "HOME_QPOS", "OBS_LAYOUT", "REWARD_TERMS", "REWARD_TYPES", "TARGET_MODES",
+           "TORQUE_LIMITS", "PandaPickCube", "default_config"]
+
 OBS_LAYOUT = (("tcp_pos", 3), ("tcp_vel", 3), ("gripper_pos", 1), ("cube_pos", 3))
 REWARD_TYPES = ("dense", "relative", "sparse")
 TARGET_MODES = ("tcp", "accumulate")
-TORQUE_LIMITS = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
+# Dense-reward terms in summation order, and the config key of each one's scale.
+REWARD_TERMS = (("reach", "reach_weight"), ("lift", "lift_weight"))
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -112,55 +124,44 @@ def _quat_yaw(yaw: jax.Array) -> jax.Array:
   return jnp.array([jnp.cos(yaw / 2), 0.0, 0.0, jnp.sin(yaw / 2)])
 
 
-class PandaPickCube(Env):
-  """Functional pick-cube env: ``reset(key)`` and ``step(state, action)`` for ONE env."""
+class PandaPickCube(PandaBase):
+  """Functional pick-cube env: ``reset(key)`` and ``step(state, action)`` for ONE env.
+
+  The robot (model, ids, controller, home template) comes from
+  :class:`~panda_rl.envs.panda.PandaBase`, the reset curricula from
+  :mod:`panda_rl.envs.curriculum`; this class holds the task: reset, step, reward and
+  observation.
+
+  Attributes:
+    reward_scales: dense-reward term name -> scale; the dense reward is the sum of
+      ``scale * term`` in this order, and every raw term is logged in ``state.metrics``
+      as ``"reward_terms/<name>"``.
+  """
 
   # Reset curricula: an eval env built from the training overrides drops them.
   TRAIN_ONLY_KEYS = ("reset_in_hand_prob", "reset_pregrasp_prob")
 
   def __init__(self, **overrides):
-    self.config = cfg = _config(overrides)
-    self.n_substeps = int(round(cfg.ctrl_dt / cfg.sim_dt))
-    mj = mujoco.MjModel.from_xml_path(ASSET)
-    mj.opt.timestep = cfg.sim_dt
-    mj.opt.iterations = cfg.solver_iterations
-    mj.opt.ls_iterations = cfg.ls_iterations
-    self.mj_model = mj
-    self.mjx_model = mjx.put_model(mj, impl="jax")
-
-    self._tcp = mj.site("tcp").id
-    self._hand = mj.body("hand").id
-    self._hand_root = int(mj.body_rootid[self._hand])
-    self._cube_qpos = int(mj.jnt_qposadr[mj.joint("cube_joint").id])
-    self._cube_qvel = int(mj.jnt_dofadr[mj.joint("cube_joint").id])
-    self._arm_dofs = np.arange(7)
-    self._q_home = jnp.asarray(HOME_QPOS, jnp.float32)
-    self._tau_max = jnp.asarray(TORQUE_LIMITS, jnp.float32)
+    super().__init__(_config(overrides))
+    cfg = self.config
     self._ws_low = jnp.asarray(cfg.workspace_low, jnp.float32)
     self._ws_high = jnp.asarray(cfg.workspace_high, jnp.float32)
-    # Tool pointing straight down, fingers along world y (the home orientation).
-    self._rot_target = jnp.diag(jnp.array([1.0, -1.0, -1.0], jnp.float32))
-
-    # Reset template: home posture, forward kinematics done once on the host. A reset only
-    # moves the cube; the arm quantities the controller reads do not depend on it, and the
-    # next mjx.step recomputes everything, so no physics runs inside reset.
-    data = mujoco.MjData(mj)
-    mujoco.mj_resetDataKeyframe(mj, data, mj.key("home").id)
-    mujoco.mj_forward(mj, data)
-    self._template = mjx.put_data(mj, data, impl="jax")
-    self._home_tcp = jnp.asarray(data.site_xpos[self._tcp], jnp.float32)
-    self._in_hand = self._in_hand_template(mj, data.site_xpos[self._tcp].copy())
+    self.reward_scales = {name: float(cfg[key]) for name, key in REWARD_TERMS}
+    home = self._home_data
+    self._in_hand = self._pregrasp = None
+    if cfg.reset_in_hand_prob > 0:
+      self._in_hand = curriculum.InHandStart.build(
+          self.mj_model, home.site_xpos[self._tcp].copy(), self._cube_qpos,
+          cfg.reset_in_hand_prob)
     if cfg.reset_pregrasp_prob > 0:
-      self._pregrasp, self._pregrasp_tcp = self._pregrasp_templates(mj, data)
+      self._pregrasp = curriculum.PregraspGrid.build(
+          self.mj_model, home, self._template, cfg, self._tcp, self._cube_qpos,
+          np.asarray(self._rot_target, np.float64), HOME_QPOS)
 
   # ------------------------------------------------------------------ interface
   @property
   def observation_size(self) -> int:
     return sum(n for _, n in OBS_LAYOUT)
-
-  @property
-  def action_size(self) -> int:
-    return 4
 
   @staticmethod
   def obs_dict(obs: jax.Array) -> Dict[str, jax.Array]:
@@ -171,149 +172,44 @@ class PandaPickCube(Env):
       i += n
     return out
 
-  @staticmethod
-  def _in_hand_template(mj, tcp):
-    """Home pose, fingers closed on the cube, cube centred at the TCP (host, once)."""
-    data = mujoco.MjData(mj)
-    mujoco.mj_resetDataKeyframe(mj, data, mj.key("home").id)
-    c = int(mj.jnt_qposadr[mj.joint("cube_joint").id])
-    data.qpos[7:9] = 0.0195  # pads 0.5 mm into the 4 cm cube: a firm grip from step one
-    data.qpos[c:c + 3] = tcp
-    data.ctrl[7:9] = 0.0
-    mujoco.mj_forward(mj, data)
-    return mjx.put_data(mj, data, impl="jax")
-
-  def _pregrasp_templates(self, mj, home):
-    """The open hand posed over a grid of cube positions (host, once): for each leaf of the
-    home template's mjx.Data, the stacked [K, ...] values of the K poses, or None where
-    every pose has the home value; and the K TCP positions.
-
-    Each pose comes from damped-least-squares IK on the TCP (position + pointing down), and
-    is checked to be within 1 mm / 0.01 rad of its goal; poses out of reach are left out.
-    """
-    cfg = self.config
-    c = self._cube_qpos
-    z_cube = float(home.qpos[c + 2])
-    (x0, y0), (x1, y1) = cfg.cube_xy_low, cfg.cube_xy_high
-    goals = [(x, y, z_cube + dz) for x in np.linspace(x0, x1, 4) for y in np.linspace(y0, y1, 5)
-             for dz in cfg.pregrasp_heights]
-    rot_goal = np.asarray(self._rot_target, np.float64)
-    lo, hi = mj.jnt_range[:7, 0], mj.jnt_range[:7, 1]
-    jacp, jacr = np.zeros((3, mj.nv)), np.zeros((3, mj.nv))
-    datas, tcps = [], []
-    for goal in goals:
-      data = mujoco.MjData(mj)
-      mujoco.mj_resetDataKeyframe(mj, data, mj.key("home").id)
-      if datas:  # warm start from the neighbouring grid pose
-        data.qpos[:7] = q_prev
-      for _ in range(500):
-        mujoco.mj_kinematics(mj, data)
-        mujoco.mj_comPos(mj, data)
-        rot = data.site_xmat[self._tcp].reshape(3, 3)
-        err = np.concatenate([np.asarray(goal) - data.site_xpos[self._tcp],
-                              0.5 * np.sum(np.cross(rot.T, rot_goal.T), axis=0)])
-        if np.linalg.norm(err[:3]) < 1e-4 and np.linalg.norm(err[3:]) < 1e-3:
-          break
-        mujoco.mj_jacSite(mj, data, jacp, jacr, self._tcp)
-        jac = np.concatenate([jacp, jacr])[:, :7]
-        dq = jac.T @ np.linalg.solve(jac @ jac.T + 1e-3 * np.eye(6), err)
-        # Pull toward the home posture in the nullspace so the elbow stays up.
-        null = np.eye(7) - np.linalg.pinv(jac) @ jac
-        dq = dq + 0.1 * null @ (np.asarray(HOME_QPOS) - data.qpos[:7])
-        dq *= min(1.0, 0.2 / (np.linalg.norm(dq) + 1e-12))
-        data.qpos[:7] = np.clip(data.qpos[:7] + dq, lo, hi)
-      if np.linalg.norm(err[:3]) > 1e-3 or np.linalg.norm(err[3:]) > 1e-2:
-        continue  # out of reach with the hand pointing down (near the base): skip it
-      q_prev = data.qpos[:7].copy()
-      data.qpos[c:c + 3] = (goal[0], goal[1], z_cube)
-      data.ctrl[7:9] = cfg.max_finger_opening
-      mujoco.mj_forward(mj, data)
-      datas.append(mjx.put_data(mj, data, impl="jax"))
-      tcps.append(data.site_xpos[self._tcp].copy())
-    if len(datas) < len(goals) // 2:
-      raise RuntimeError(f"PandaPickCube: pre-grasp IK reached only {len(datas)} of "
-                         f"{len(goals)} grid poses; check cube_xy_low/high and pregrasp_heights")
-    # Keep (stacked on the host) only the fields that differ from the home template: a reset
-    # then selects those few arrays, not the whole mjx.Data.
-    home_leaves = jax.tree.leaves(self._template)
-    pose_leaves = [jax.tree.leaves(d) for d in datas]
-    posed = []
-    for i, home_leaf in enumerate(home_leaves):
-      stack = np.stack([np.asarray(leaves[i]) for leaves in pose_leaves])
-      same = stack.shape[1:] == np.shape(home_leaf) and np.array_equal(
-          stack, np.broadcast_to(np.asarray(home_leaf), stack.shape))
-      posed.append(None if same else jnp.asarray(stack))
-    return posed, jnp.asarray(np.stack(tcps), jnp.float32)
-
   def reset(self, key: jax.Array) -> EnvState:
+    """A fresh episode: cube at a random xy (and yaw) on the floor, arm at home, or, with
+    the configured probabilities, a curriculum start (pre-grasp pose, then cube in hand)."""
     cfg = self.config
     k_xy, k_yaw, k_hand, k_pre, k_pose, k_off = jax.random.split(key, 6)
-    xy = jax.random.uniform(k_xy, (2,), minval=jnp.asarray(cfg.cube_xy_low),
-                            maxval=jnp.asarray(cfg.cube_xy_high))
-    yaw = jax.random.uniform(k_yaw, (), minval=-cfg.cube_yaw_range, maxval=cfg.cube_yaw_range)
-    t = self._template
+    data = self._place_cube(k_xy, k_yaw)
     c = self._cube_qpos
-    qpos = t.qpos.at[c:c + 2].set(xy).at[c + 3:c + 7].set(_quat_yaw(yaw))
-    data = t.replace(qpos=qpos)
-    z_floor = qpos[c + 2]
+    z_floor = data.qpos[c + 2]
     grip = jnp.zeros(())
     target = self._home_tcp
-    if cfg.reset_pregrasp_prob > 0:
-      pre = jax.random.bernoulli(k_pre, cfg.reset_pregrasp_prob)
-      k = jax.random.randint(k_pose, (), 0, self._pregrasp_tcp.shape[0])
-      leaves, treedef = jax.tree.flatten(data)
-      data = treedef.unflatten([leaf if stack is None else jnp.where(pre, stack[k], leaf)
-                                for leaf, stack in zip(leaves, self._pregrasp)])
-      # The cube sits under the TCP, up to 1 cm off centre (the open hand spans 8 cm).
-      off = jax.random.uniform(k_off, (2,), minval=-0.01, maxval=0.01)
-      data = data.replace(qpos=data.qpos.at[c:c + 2].add(jnp.where(pre, off, 0.0)))
-      target = jnp.where(pre, self._pregrasp_tcp[k], target)
-    if cfg.reset_in_hand_prob > 0:
-      in_hand = jax.random.bernoulli(k_hand, cfg.reset_in_hand_prob)
-      data = jax.tree.map(lambda a, b: jnp.where(in_hand, a, b), self._in_hand, data)
-      grip = in_hand.astype(jnp.float32)
-      target = jnp.where(in_hand, self._home_tcp, target)
+    if self._pregrasp is not None:
+      data, target = self._pregrasp.select((k_pre, k_pose, k_off), data, target)
+    if self._in_hand is not None:
+      data, grip, target = self._in_hand.select(k_hand, data, grip, target)
     cube = data.qpos[c:c + 3]
     obs = self._obs(data, jnp.zeros(3), cube)
+    reward, terms = self._reward(data, cube, z_floor)
     info = {
         "step": jnp.zeros((), jnp.int32),
         "target": target,
         "grip_cmd": grip,
         "z_init": z_floor,
-        "prev_reward": jnp.zeros(()),
+        "prev_reward": reward,
     }
-    reward, terms = self._reward(data, cube, z_floor)
-    info["prev_reward"] = reward
     zero = jnp.zeros(())
     metrics = dict(terms, nan_physics=zero, out_of_bounds=zero)
     return EnvState(data=data, obs=obs, reward=zero, done=zero, terminated=zero,
                     truncated=zero, info=info, metrics=metrics)
 
   def step(self, state: EnvState, action: jax.Array) -> EnvState:
+    """One control step: move the controller target by the action, simulate, score."""
     self.check_action(action)
     cfg = self.config
-    action = jnp.clip(action, -1.0, 1.0)
-    origin = (state.data.site_xpos[self._tcp] if cfg.target_mode == "tcp"
-              else state.info["target"])
-    target = jnp.clip(origin + cfg.action_scale_xyz * action[:3], self._ws_low, self._ws_high)
-    grip = jnp.clip(state.info["grip_cmd"] + cfg.action_scale_grip * action[3], 0.0, 1.0)
-    finger = cfg.max_finger_opening * (1.0 - grip)
-
-    def substep(data, _):
-      tau = self._osc_torque(data, target)
-      ctrl = jnp.concatenate([tau, jnp.stack([finger, finger])])
-      return mjx.step(self.mjx_model, data.replace(ctrl=ctrl)), None
-
-    data, _ = jax.lax.scan(substep, state.data, None, length=self.n_substeps)
-
-    # NaN physics: keep the last finite state (so nothing downstream sees NaN), end the
-    # episode (the auto-reset wrapper then resets this env) and count it.
-    bad = ~(jnp.all(jnp.isfinite(data.qpos)) & jnp.all(jnp.isfinite(data.qvel)))
-    data = jax.tree.map(lambda new, old: jnp.where(bad, old, new), data, state.data)
-
+    target, grip, finger = self._command(state, action)
+    data, bad = self._simulate_guarded(state.data, target, finger)
     c = self._cube_qpos
     cube = data.qpos[c:c + 3]
-    tcp_vel = self._tcp_jacp(data).T @ data.qvel[:7]
+    tcp_vel = self._tcp_velocity(data)
     # If the input state itself was corrupt, nothing finite is left to keep: zero it out.
     obs = self._obs(data, tcp_vel, cube)
     obs = jnp.where(bad, jnp.nan_to_num(obs, nan=0.0, posinf=0.0, neginf=0.0), obs)
@@ -325,10 +221,7 @@ class PandaPickCube(Env):
     else:
       reward = terms["success"]
 
-    margin = cfg.out_of_bounds_margin
-    low = self._ws_low - margin
-    high = self._ws_high + margin
-    oob = jnp.any(cube < low) | jnp.any(cube > high)
+    oob = self._out_of_bounds(cube)
     terminated = (oob | bad).astype(jnp.float32)
     step = state.info["step"] + 1
     truncated = (step >= cfg.episode_length).astype(jnp.float32) * (1.0 - terminated)
@@ -341,14 +234,18 @@ class PandaPickCube(Env):
                          terminated=terminated, truncated=truncated, info=info,
                          metrics=metrics)
 
-  # ------------------------------------------------------------------ pieces
-  def _obs(self, data, tcp_vel, cube) -> jax.Array:
-    tcp = data.site_xpos[self._tcp]
-    opening = data.qpos[7] + data.qpos[8]
-    return jnp.concatenate([tcp, tcp_vel, opening[None], cube]).astype(jnp.float32)
+  # ------------------------------------------------------------------ reward
+  def reward_terms(self, data, cube: jax.Array, z_init: jax.Array
+                   ) -> Tuple[Dict[str, jax.Array], jax.Array]:
+    """The raw (unscaled) dense-reward terms and the success indicator (TASK.md).
 
-  def _reward(self, data, cube, z_init):
-    """Dense shaped reward and its named terms (TASK.md)."""
+    Args:
+      data: the state (its ``site_xpos`` gives the TCP).
+      cube: [3] cube position. z_init: [] cube height at the start of the episode.
+    Returns:
+      ({"reach": exp(-reach_sharpness |cube - tcp|), "lift": clip(height / lift_height,
+      0, 1)}, success [] float32: lifted >= success_height and within success_radius).
+    """
     cfg = self.config
     tcp = data.site_xpos[self._tcp]
     dist = jnp.linalg.norm(cube - tcp)
@@ -356,48 +253,60 @@ class PandaPickCube(Env):
     height = cube[2] - z_init
     lift = jnp.clip(height / cfg.lift_height, 0.0, 1.0)
     success = (height >= cfg.success_height) & (dist <= cfg.success_radius)
-    shaped = cfg.reach_weight * reach + cfg.lift_weight * lift
-    return shaped, {"reach": reach, "lift": lift, "success": success.astype(jnp.float32)}
+    return {"reach": reach, "lift": lift}, success.astype(jnp.float32)
 
-  def _tcp_jacp(self, data) -> jax.Array:
-    """[7, 3] translational Jacobian of the TCP w.r.t. the arm joints."""
-    jacp, _ = self._tcp_jac(data)
-    return jacp
+  def _reward(self, data, cube, z_init):
+    """Dense reward [] (``sum(reward_scales[n] * term_n)``) and the step's reward metrics
+    (``reward_terms/<name>`` raw terms and ``success``)."""
+    terms, success = self.reward_terms(data, cube, z_init)
+    metrics = {REWARD_TERMS_PREFIX + name: value for name, value in terms.items()}
+    metrics["success"] = success
+    return scaled_reward_sum(terms, self.reward_scales), metrics
 
-  def _tcp_jac(self, data):
-    # Every arm dof is an ancestor of the hand, so no body-tree mask is needed.
-    cdof = data.cdof[:7]
-    offset = data.site_xpos[self._tcp] - data.subtree_com[self._hand_root]
-    jacr = cdof[:, :3]
-    jacp = cdof[:, 3:] + jnp.cross(jacr, offset)
-    return jacp, jacr
-
-  def _osc_torque(self, data, target) -> jax.Array:
-    """Operational-space control: task-space PD + nullspace posture + bias compensation."""
+  # ------------------------------------------------------------------ pieces
+  def _place_cube(self, k_xy: jax.Array, k_yaw: jax.Array):
+    """The home template with the cube at a uniform random xy and yaw on the floor."""
     cfg = self.config
-    jacp, jacr = self._tcp_jac(data)
-    jac = jnp.concatenate([jacp, jacr], axis=1).T  # [6, 7]
-    mass = mjx.full_m(self.mjx_model, data)[:7, :7]
-    qvel = data.qvel[:7]
-    qpos = data.qpos[:7]
+    xy = jax.random.uniform(k_xy, (2,), minval=jnp.asarray(cfg.cube_xy_low),
+                            maxval=jnp.asarray(cfg.cube_xy_high))
+    yaw = jax.random.uniform(k_yaw, (), minval=-cfg.cube_yaw_range, maxval=cfg.cube_yaw_range)
+    t = self._template
+    c = self._cube_qpos
+    qpos = t.qpos.at[c:c + 2].set(xy).at[c + 3:c + 7].set(_quat_yaw(yaw))
+    return t.replace(qpos=qpos)
 
-    rot = data.site_xmat[self._tcp]
-    err_pos = target - data.site_xpos[self._tcp]
-    err_rot = 0.5 * jnp.sum(jnp.cross(rot.T, self._rot_target.T), axis=0)
-    vel = jac @ qvel
-    kp = cfg.osc_kp
-    kd = 2.0 * cfg.osc_damping_ratio * jnp.sqrt(kp)
-    acc = kp * jnp.concatenate([err_pos, err_rot]) - kd * vel
+  def _command(self, state: EnvState, action: jax.Array):
+    """Controller target [3], gripper command [] (0 open .. 1 closed) and finger position []
+    after applying ``action`` [4] to ``state``."""
+    cfg = self.config
+    action = jnp.clip(action, -1.0, 1.0)
+    origin = (state.data.site_xpos[self._tcp] if cfg.target_mode == "tcp"
+              else state.info["target"])
+    target = jnp.clip(origin + cfg.action_scale_xyz * action[:3], self._ws_low, self._ws_high)
+    grip = jnp.clip(state.info["grip_cmd"] + cfg.action_scale_grip * action[3], 0.0, 1.0)
+    finger = cfg.max_finger_opening * (1.0 - grip)
+    return target, grip, finger
 
-    m_inv_jt = jnp.linalg.solve(mass, jac.T)  # [7, 6] = M^-1 J^T
-    lam = jnp.linalg.inv(jac @ m_inv_jt + 1e-4 * jnp.eye(6))  # task-space inertia
-    tau_task = jac.T @ (lam @ acc)
+  def _simulate_guarded(self, data, target, finger):
+    """Physics of one control step, and [] bool: whether it produced NaN/inf.
 
-    # Nullspace: posture PD filtered by (I - J^T Jbar^T), Jbar = M^-1 J^T Lambda.
-    kn = cfg.nullspace_kp
-    tau_post = kn * (self._q_home - qpos) - 2.0 * jnp.sqrt(kn) * qvel
-    jbar = m_inv_jt @ lam  # [7, 6]
-    tau_null = tau_post - jac.T @ (jbar.T @ tau_post)
+    NaN physics keeps the last finite state (so nothing downstream sees NaN); the step
+    then ends the episode (the auto-reset wrapper resets this env) and counts it.
+    """
+    new = self._simulate(data, target, finger)
+    bad = ~(jnp.all(jnp.isfinite(new.qpos)) & jnp.all(jnp.isfinite(new.qvel)))
+    new = jax.tree.map(lambda n, old: jnp.where(bad, old, n), new, data)
+    return new, bad
 
-    tau = tau_task + tau_null + data.qfrc_bias[:7]
-    return jnp.clip(tau, -self._tau_max, self._tau_max)
+  def _out_of_bounds(self, cube: jax.Array) -> jax.Array:
+    """[] bool: the cube left the workspace box grown by ``out_of_bounds_margin``."""
+    margin = self.config.out_of_bounds_margin
+    low = self._ws_low - margin
+    high = self._ws_high + margin
+    return jnp.any(cube < low) | jnp.any(cube > high)
+
+  def _obs(self, data, tcp_vel, cube) -> jax.Array:
+    """Flat float32 [10] observation (see :data:`OBS_LAYOUT`)."""
+    tcp = data.site_xpos[self._tcp]
+    opening = data.qpos[7] + data.qpos[8]
+    return jnp.concatenate([tcp, tcp_vel, opening[None], cube]).astype(jnp.float32)

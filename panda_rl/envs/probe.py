@@ -7,7 +7,10 @@ time-limit truncation), so everything that trains here runs unchanged on the rea
 
 Dynamics: ``pos <- clip(pos + action_scale * clip(action, -1, 1), -1, 1)``.
 Observation (flat float32 [2 * dim]): ``pos`` (dim), ``goal - pos`` (dim).
-Reward: ``distance_weight * (-|goal - pos|) + success_weight * success``.
+Reward: ``sum(reward_scales[n] * term_n)`` over the terms ``distance = -|goal - pos|``
+(scale ``distance_weight``) and ``success`` (scale ``success_weight``), i.e.
+``distance_weight * (-|goal - pos|) + success_weight * success``; the raw terms are in
+``metrics["reward_terms/distance" | "reward_terms/success"]`` (as PandaPickCube-v0's are).
 Success at a step: ``|goal - pos| < goal_radius``.
 Episode: ``episode_length`` steps, then truncation; with ``terminate_on_success`` the
 episode instead terminates (no bootstrap) at the first success, which exercises the
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from panda_rl.envs.base import Env, EnvState
+from panda_rl.envs.base import REWARD_TERMS_PREFIX, Env, EnvState, scaled_reward_sum
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -55,6 +58,9 @@ class PointReach(Env):
     self.config = cfg
     self.dim = int(cfg.dim)
     self.episode_length = int(cfg.episode_length)
+    # Term name -> scale of the reward; summed in this order.
+    self.reward_scales = {"distance": float(cfg.distance_weight),
+                          "success": float(cfg.success_weight)}
 
   @property
   def observation_size(self) -> int:
@@ -67,10 +73,17 @@ class PointReach(Env):
   def _obs(self, pos: jax.Array, goal: jax.Array) -> jax.Array:
     return jnp.concatenate([pos, goal - pos]).astype(jnp.float32)
 
-  def _metrics(self, pos: jax.Array, goal: jax.Array) -> Dict[str, jax.Array]:
+  def _terms(self, pos: jax.Array, goal: jax.Array) -> Dict[str, jax.Array]:
+    """The raw reward terms, [] float32 each: ``distance`` (-|goal - pos|), ``success``."""
     distance = jnp.linalg.norm(goal - pos)
     success = (distance < self.config.goal_radius).astype(jnp.float32)
-    return {"distance": distance, "success": success}
+    return {"distance": -distance, "success": success}
+
+  def _metrics(self, terms: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+    """``reward_terms/<name>`` for every term, and ``success``."""
+    metrics = {REWARD_TERMS_PREFIX + name: value for name, value in terms.items()}
+    metrics["success"] = terms["success"]
+    return metrics
 
   def reset(self, key: jax.Array) -> EnvState:
     k_pos, k_goal = jax.random.split(key)
@@ -81,15 +94,15 @@ class PointReach(Env):
     return EnvState(data={"pos": pos, "goal": goal}, obs=self._obs(pos, goal), reward=zero,
                     done=zero, terminated=zero, truncated=zero,
                     info={"step": jnp.zeros((), jnp.int32)},
-                    metrics=self._metrics(pos, goal))
+                    metrics=self._metrics(self._terms(pos, goal)))
 
   def step(self, state: EnvState, action: jax.Array) -> EnvState:
     pos, goal = state.data["pos"], state.data["goal"]
     move = self.config.action_scale * jnp.clip(action, -1.0, 1.0)
     pos = jnp.clip(pos + move, -1.0, 1.0)
-    metrics = self._metrics(pos, goal)
-    reward = (-self.config.distance_weight * metrics["distance"]
-              + self.config.success_weight * metrics["success"])
+    terms = self._terms(pos, goal)
+    metrics = self._metrics(terms)
+    reward = scaled_reward_sum(terms, self.reward_scales)
     step = state.info["step"] + 1
     terminated = (metrics["success"] if self.config.terminate_on_success
                   else jnp.zeros((), jnp.float32))

@@ -16,11 +16,6 @@ _REGISTRY: Dict[str, str] = {
 }
 
 
-def register(name: str, target: str) -> None:
-  """Registers ``target`` ("module:callable") under ``name``."""
-  _REGISTRY[name] = target
-
-
 def registered_envs() -> list[str]:
   return sorted(_REGISTRY)
 

@@ -50,7 +50,8 @@ def scripted_success_rate(env, num_episodes: int, key: jax.Array) -> dict:
       state, success_once = carry
       act = jax.vmap(lambda o: scripted_action(o, damping=damping))(state.obs)
       state = jax.vmap(env.step)(state, act)
-      return (state, jnp.maximum(success_once, state.metrics["success"])), state.metrics["lift"]
+      lift = state.metrics["reward_terms/lift"]
+      return (state, jnp.maximum(success_once, state.metrics["success"])), lift
 
     (state, success_once), lift = jax.lax.scan(body, (state, jnp.zeros(num_episodes)), None,
                                                length=num_steps)

@@ -1,0 +1,113 @@
+"""The Franka Panda robot base shared by the pick-cube envs: model, ids and control.
+
+:class:`PandaBase` owns what does not depend on the task: loading the MJCF scene with the
+configured physics options, the ids of the sites / bodies / joints the tasks read, the
+operational-space controller (:mod:`panda_rl.envs.controller`), the home-pose reset
+template (forward kinematics done once on the host) and the physics substep loop of one
+control step. The task (:mod:`panda_rl.envs.pick_cube`) adds config validation, reset,
+step, reward and observation on top.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import mujoco
+from mujoco import mjx
+
+from panda_rl.envs import controller as controller_lib
+from panda_rl.envs.base import Env
+
+ASSET = os.path.join(os.path.dirname(__file__), "assets", "panda_pick_cube.xml")
+HOME_QPOS = (0.0, -0.785, 0.0, -2.35, 0.0, 1.57, 0.785)
+TORQUE_LIMITS = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
+
+
+def load_model(cfg: ml_collections.ConfigDict) -> tuple[mujoco.MjModel, mjx.Model]:
+  """The scene's ``MjModel`` with ``cfg``'s timestep and solver iterations, and its MJX copy.
+
+  Args:
+    cfg: a config with ``sim_dt``, ``solver_iterations`` and ``ls_iterations``.
+  Returns:
+    (mujoco.MjModel, mjx.Model) of :data:`ASSET`.
+  """
+  mj = mujoco.MjModel.from_xml_path(ASSET)
+  mj.opt.timestep = cfg.sim_dt
+  mj.opt.iterations = cfg.solver_iterations
+  mj.opt.ls_iterations = cfg.ls_iterations
+  return mj, mjx.put_model(mj, impl="jax")
+
+
+class PandaBase(Env):
+  """Model, ids, controller and home template of the Panda pick-cube scene.
+
+  Attributes set here (read by the tasks, tests and scripts):
+    config: the validated task config.
+    n_substeps: physics steps per control step (ctrl_dt / sim_dt).
+    mj_model, mjx_model: the compiled model and its MJX copy.
+    controller: the :class:`~panda_rl.envs.controller.OperationalSpaceController`.
+    _tcp, _hand, _hand_root: TCP site id, hand body id and its tree's root body id.
+    _cube_qpos, _cube_qvel: address of the cube's free joint in qpos [7] / qvel [6].
+    _template: ``mjx.Data`` at the home pose after forward kinematics (host, once).
+    _home_data: the same state as a host ``mujoco.MjData``.
+    _home_tcp: [3] float32 TCP position at home.
+  """
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    self.config = cfg
+    self.n_substeps = int(round(cfg.ctrl_dt / cfg.sim_dt))
+    mj, self.mjx_model = load_model(cfg)
+    self.mj_model = mj
+
+    self._tcp = mj.site("tcp").id
+    self._hand = mj.body("hand").id
+    self._hand_root = int(mj.body_rootid[self._hand])
+    self._cube_qpos = int(mj.jnt_qposadr[mj.joint("cube_joint").id])
+    self._cube_qvel = int(mj.jnt_dofadr[mj.joint("cube_joint").id])
+    # Tool pointing straight down, fingers along world y (the home orientation).
+    self._rot_target = jnp.diag(jnp.array([1.0, -1.0, -1.0], jnp.float32))
+    self.controller = controller_lib.OperationalSpaceController(
+        model=self.mjx_model, tcp_site=self._tcp, hand_root=self._hand_root,
+        q_home=jnp.asarray(HOME_QPOS, jnp.float32),
+        tau_max=jnp.asarray(TORQUE_LIMITS, jnp.float32), rot_target=self._rot_target,
+        kp=cfg.osc_kp, damping_ratio=cfg.osc_damping_ratio, nullspace_kp=cfg.nullspace_kp)
+
+    # Reset template: home posture, forward kinematics done once on the host. A reset only
+    # moves the cube; the arm quantities the controller reads do not depend on it, and the
+    # next mjx.step recomputes everything, so no physics runs inside reset.
+    data = mujoco.MjData(mj)
+    mujoco.mj_resetDataKeyframe(mj, data, mj.key("home").id)
+    mujoco.mj_forward(mj, data)
+    self._home_data = data
+    self._template = mjx.put_data(mj, data, impl="jax")
+    self._home_tcp = jnp.asarray(data.site_xpos[self._tcp], jnp.float32)
+
+  @property
+  def action_size(self) -> int:
+    return 4
+
+  def _simulate(self, data: mjx.Data, target: jax.Array, finger: jax.Array) -> mjx.Data:
+    """Runs the ``n_substeps`` physics steps of one control step.
+
+    Args:
+      data: the state at the start of the control step.
+      target: [3] controller target (world, m), held for the whole control step.
+      finger: [] commanded position of each finger joint (m).
+    Returns:
+      the ``mjx.Data`` after the last substep (may hold NaN if the physics blew up).
+    """
+
+    def substep(data, _):
+      tau = self.controller.torque(data, target)
+      ctrl = jnp.concatenate([tau, jnp.stack([finger, finger])])
+      return mjx.step(self.mjx_model, data.replace(ctrl=ctrl)), None
+
+    data, _ = jax.lax.scan(substep, data, None, length=self.n_substeps)
+    return data
+
+  def _tcp_velocity(self, data: mjx.Data) -> jax.Array:
+    """[3] TCP linear velocity from the arm joint velocities of ``data``."""
+    return controller_lib.tcp_velocity(data, self._tcp, self._hand_root)
