@@ -357,7 +357,7 @@ def test_eval_env_drops_training_only_curricula():
   assert eval_overrides("PandaPickCube-v0", train) == {"episode_length": 50}
   assert eval_overrides("PointReach-v0", {"episode_length": 7}) == {"episode_length": 7}
   import ml_collections
-  from panda_rl.training import env_settings
+  from panda_rl.validation import env_settings
   cfg = ml_collections.ConfigDict({
       "train": {"env_id": "PandaPickCube-v0", "overrides": train},
       "eval": {"num_envs": 4}})

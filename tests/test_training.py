@@ -85,12 +85,16 @@ def test_same_seed_same_result(trainer):
 
 def test_iteration_metrics_and_counters(trainer):
   state, history = run(trainer, 1, 2)
+  terms = {M.REWARD_TERMS_PREFIX + "distance", M.REWARD_TERMS_PREFIX + "success"}
   for metrics in history:
-    assert set(metrics) == set(M.ITERATION_METRICS)
+    assert set(metrics) == set(M.ITERATION_METRICS) | terms
     for name in M.TRAIN_METRICS + M.ROLLOUT_METRICS:
       assert np.isfinite(metrics[name]), name
   # 16 steps of 25-step episodes: no episode ends in iteration 1, all 32 end in iteration 2.
   assert history[0][M.NUM_EPISODES] == 0 and np.isnan(history[0][M.SUCCESS_ONCE])
+  # Raw reward terms: the mean over the rollout's steps of -|goal - pos| and of success.
+  assert all(-3.0 < h[M.REWARD_TERMS_PREFIX + "distance"] < 0.0 for h in history)
+  assert all(0.0 <= h[M.REWARD_TERMS_PREFIX + "success"] <= 1.0 for h in history)
   assert history[1][M.NUM_EPISODES] == 32 and history[1][M.EPISODE_LEN] == 25
   assert int(state.iteration) == 2 and int(state.env_steps) == 2 * 32 * 16
   # The first minibatch of an iteration sees ratio 1: KL and clipping stay small.
@@ -176,3 +180,20 @@ def test_unknown_env_override_fails_clearly():
   c.env.train.overrides.episode_len = 10
   with pytest.raises(ValueError, match="unknown config key"):
     training.Trainer(c)
+
+
+def test_rollout_records_raw_reward_terms_and_logs_their_means():
+  # PointReach's default reward is 1.0 * distance + 0.0 * success: the distance term is the
+  # reward itself, so the recorded term must equal the recorded reward step by step.
+  env = AutoResetWrapper(panda_rl.make("PointReach-v0"), num_envs=4)
+  act = lambda obs, noise: (noise, jnp.zeros(obs.shape[0]), jnp.zeros(obs.shape[0]))
+  _, traj = jax.jit(lambda s, k: rollout_lib.collect(env, s, k, 6, act))(
+      env.reset(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+  assert set(traj.terms) == {"reward_terms/distance", "reward_terms/success"}
+  np.testing.assert_array_equal(traj.terms["reward_terms/distance"], traj.reward)
+  logged = M.reward_term_metrics(traj.terms)
+  np.testing.assert_allclose(logged[M.REWARD_TERMS_PREFIX + "distance"],
+                             np.mean(np.asarray(traj.reward)), rtol=1e-6)
+  mask = jnp.zeros_like(traj.reward).at[0].set(1.0)  # only the first step counts
+  np.testing.assert_allclose(M.reward_term_metrics(traj.terms, mask)[
+      M.REWARD_TERMS_PREFIX + "distance"], np.mean(np.asarray(traj.reward[0])), rtol=1e-6)
