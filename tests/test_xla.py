@@ -177,3 +177,21 @@ def _initial_qpos():
   import mujoco
 
   return mujoco.MjModel.from_xml_string(_MODEL).qpos0
+
+
+def test_benchmark_no_fast_flags_turns_off_flags_and_barrier(cli_env, tmp_path):
+  """scripts/benchmark_env.py --no-fast-flags measures without the WHOLE fast path (README),
+  even with one of the flags already exported by the user."""
+  user = "--xla_force_host_platform_device_count=1"
+  out = tmp_path / "bench.json"
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "benchmark_env.py"), "--env", "PointReach-v0",
+       "--batch", "4", "--steps", "2", "--repeats", "1", "--no-fast-flags", "--json", str(out)],
+      cwd=REPO, env=_child_env(cli_env, XLA_FLAGS=f"{FLAGS[0]} {user}"), capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["xla_status"] == "disabled by PANDA_RL_XLA_FLAGS=0"
+  assert result["mjx_patch"] == "quaternion barrier disabled by PANDA_RL_MJX_BARRIER=0"
+  assert result["xla_flags"] == user
+  assert result["results"][0]["env_steps_per_s"] > 0
