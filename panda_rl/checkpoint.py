@@ -21,6 +21,7 @@ fails with the differing leaves and config fields when they cannot fit.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -35,6 +36,35 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, damaged, or does not fit the current config."""
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """Drops the noise that follows a failed orbax read, so the CheckpointError is what shows.
+
+  orbax reads through tensorstore inside ``asyncio.run``. When one read fails (a damaged
+  file), the loop is closed while tensorstore still finishes the other reads it started;
+  their completion callbacks then call ``loop.call_soon_threadsafe`` on the closed loop from
+  tensorstore's threads, and Python prints each ``RuntimeError: Event loop is closed`` as an
+  "exception ignored" traceback (``sys.unraisablehook``) -- dozens of them around the one
+  message that matters, after the read has already failed. This hook drops exactly those
+  (raised by ``asyncio``'s ``_check_closed``) and passes everything else to the previous hook.
+  Installed once, before the first read: the callbacks can fire before the error reaches us.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_panda_rl_quiet_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    exc, tb = unraisable.exc_value, unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    if (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+        and tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"):
+      return
+    previous(unraisable)
+
+  hook._panda_rl_quiet_closed_loop = True
+  sys.unraisablehook = hook
 
 
 def _handlers():
@@ -136,8 +166,10 @@ class Checkpointer:
     self.directory = Path(directory).absolute()
     if read_only and not self.directory.is_dir():
       raise CheckpointError(f"Checkpoint directory {str(self.directory)!r} does not exist.")
+    _quiet_closed_loop_callbacks()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep or None,
+        save_interval_steps=0 if read_only else 1,  # orbax warns when it has to set this
         create=not read_only,
         cleanup_tmp_directories=False,  # a tmp dir is evidence of an interrupted save
         enable_async_checkpointing=async_save,
@@ -354,9 +386,11 @@ def restore_subtree(directory: str | os.PathLike, step: int, target: Mapping[str
   ...}`` with ``jax.ShapeDtypeStruct`` leaves (from :meth:`Checkpointer.saved_tree`). The
   rest of the checkpoint (optimizer state, env state) is never read.
   """
+  _quiet_closed_loop_callbacks()
   manager = ocp.CheckpointManager(
       Path(directory).absolute(),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           save_interval_steps=0),
       item_handlers={STATE: ocp.PyTreeCheckpointHandler()})
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   try:
