@@ -7,10 +7,13 @@ Layout of one run (``run_dir = <log_path>/<project>/<experiment>``)::
     run_dir/checkpoints/<step>/meta/    sizes and counters for load_policy (JsonSave)
 
 ``<step>`` is the number of completed training iterations. Orbax writes each checkpoint
-into ``<step>.orbax-checkpoint-tmp-*`` and renames it when complete, so a run killed during a
+into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so a run killed during a
 save leaves only a tmp directory, which is never listed as a step: resuming picks the last
-*complete* checkpoint. Nothing here deletes tmp or damaged directories
-(``cleanup_tmp_directories=False``); only ``runner.max_to_keep`` retires old complete ones.
+*complete* checkpoint (tests/test_interrupt.py kills real runs to check this). Nothing here
+deletes tmp or damaged directories (``cleanup_tmp_directories=False``); only
+``runner.max_to_keep`` retires old complete ones. The one exception is orbax's own: saving a
+step again (a resumed run reaching the step whose save was interrupted) first removes that
+step's unfinished tmp directory, which the complete checkpoint then replaces.
 
 Restoring goes into an *abstract* target (``jax.eval_shape`` of ``Trainer.init``): orbax
 reads each array straight into the shape, dtype and sharding the current config asks for.
@@ -190,7 +193,8 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def incomplete(self) -> List[Path]:
-    """Leftovers of interrupted saves (orbax tmp directories); never deleted here."""
+    """Leftovers of interrupted saves (orbax tmp directories); never deleted here (orbax
+    replaces one when the same step is saved again)."""
     if not self.directory.is_dir():
       return []
     return sorted(p for p in self.directory.iterdir()
