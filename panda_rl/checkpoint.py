@@ -7,10 +7,13 @@ Layout of one run (``run_dir = <log_path>/<project>/<experiment>``)::
     run_dir/checkpoints/<step>/meta/    sizes and counters for load_policy (JsonSave)
 
 ``<step>`` is the number of completed training iterations. Orbax writes each checkpoint
-into ``<step>.orbax-checkpoint-tmp-*`` and renames it when complete, so a run killed during a
+into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so a run killed during a
 save leaves only a tmp directory, which is never listed as a step: resuming picks the last
-*complete* checkpoint. Nothing here deletes tmp or damaged directories
-(``cleanup_tmp_directories=False``); only ``runner.max_to_keep`` retires old complete ones.
+*complete* checkpoint (tests/test_interrupt.py kills real runs to check this). Nothing here
+deletes tmp or damaged directories (``cleanup_tmp_directories=False``); only
+``runner.max_to_keep`` retires old complete ones. The one exception is orbax's own: saving a
+step again (a resumed run reaching the step whose save was interrupted) first removes that
+step's unfinished tmp directory, which the complete checkpoint then replaces.
 
 Restoring goes into an *abstract* target (``jax.eval_shape`` of ``Trainer.init``): orbax
 reads each array straight into the shape, dtype and sharding the current config asks for.
@@ -21,6 +24,7 @@ fails with the differing leaves and config fields when they cannot fit.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -35,6 +39,35 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, damaged, or does not fit the current config."""
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """Drops the noise that follows a failed orbax read, so the CheckpointError is what shows.
+
+  orbax reads through tensorstore inside ``asyncio.run``. When one read fails (a damaged
+  file), the loop is closed while tensorstore still finishes the other reads it started;
+  their completion callbacks then call ``loop.call_soon_threadsafe`` on the closed loop from
+  tensorstore's threads, and Python prints each ``RuntimeError: Event loop is closed`` as an
+  "exception ignored" traceback (``sys.unraisablehook``) -- dozens of them around the one
+  message that matters, after the read has already failed. This hook drops exactly those
+  (raised by ``asyncio``'s ``_check_closed``) and passes everything else to the previous hook.
+  Installed once, before the first read: the callbacks can fire before the error reaches us.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_panda_rl_quiet_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    exc, tb = unraisable.exc_value, unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    if (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+        and tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"):
+      return
+    previous(unraisable)
+
+  hook._panda_rl_quiet_closed_loop = True
+  sys.unraisablehook = hook
 
 
 def _handlers():
@@ -136,8 +169,10 @@ class Checkpointer:
     self.directory = Path(directory).absolute()
     if read_only and not self.directory.is_dir():
       raise CheckpointError(f"Checkpoint directory {str(self.directory)!r} does not exist.")
+    _quiet_closed_loop_callbacks()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep or None,
+        save_interval_steps=0 if read_only else 1,  # orbax warns when it has to set this
         create=not read_only,
         cleanup_tmp_directories=False,  # a tmp dir is evidence of an interrupted save
         enable_async_checkpointing=async_save,
@@ -158,7 +193,8 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def incomplete(self) -> List[Path]:
-    """Leftovers of interrupted saves (orbax tmp directories); never deleted here."""
+    """Leftovers of interrupted saves (orbax tmp directories); never deleted here (orbax
+    replaces one when the same step is saved again)."""
     if not self.directory.is_dir():
       return []
     return sorted(p for p in self.directory.iterdir()
@@ -354,9 +390,11 @@ def restore_subtree(directory: str | os.PathLike, step: int, target: Mapping[str
   ...}`` with ``jax.ShapeDtypeStruct`` leaves (from :meth:`Checkpointer.saved_tree`). The
   rest of the checkpoint (optimizer state, env state) is never read.
   """
+  _quiet_closed_loop_callbacks()
   manager = ocp.CheckpointManager(
       Path(directory).absolute(),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           save_interval_steps=0),
       item_handlers={STATE: ocp.PyTreeCheckpointHandler()})
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   try:

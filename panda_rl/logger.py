@@ -13,11 +13,29 @@ Only process 0 (``jax.process_index() == 0``) writes; on other processes the log
 no-op, so multi-host code can call it unconditionally. Event files land in ``run_dir``
 (``<log_path>/<project_name>/<experiment_name>/`` for the CLI), so
 ``tensorboard --logdir <log_path>`` shows every run.
+
+Resuming (``runner.resume=True``) continues the same run in every backend. The training
+loop passes ``purge_step``, the first step it will log again (the iteration after the
+restored checkpoint); the interrupted run may have logged steps after that checkpoint.
+
+* TensorBoard: a purge marker at ``purge_step`` drops the interrupted run's points from
+  there on (TensorBoard and :func:`read_scalars` honour it).
+* W&B and SwanLab cannot delete logged points. Each backend keeps its run id and the last
+  step it logged in ``<run_dir>/<backend>-run.json`` (rewritten after every logged step, so
+  it survives a kill); a resumed run re-opens that id (``resume="allow"``) and does not log
+  the steps the run already has: with exact resume they are the same numbers. (A resume
+  that changed a setting, e.g. the learning rate, therefore shows the interrupted run's
+  values up to its last logged step.) A fresh start (no ``purge_step``) opens a new run id.
+
+Offline use: W&B honours ``WANDB_MODE=offline`` (files under ``<run_dir>/wandb/``), SwanLab
+``SWANLAB_MODE=offline`` or ``local`` (files under ``<run_dir>/swanlog/``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import math
 import os
 import struct
@@ -32,6 +50,9 @@ BACKEND_PACKAGES: Dict[str, Tuple[str, str]] = {
     "wandb": ("wandb", "wandb"),
     "swanlab": ("swanlab", "swanlab"),
 }
+
+
+_log = logging.getLogger("panda_rl")
 
 
 class MissingBackendError(ImportError):
@@ -90,24 +111,86 @@ class _TensorBoard:
       self.writer.add_scalar(k, v, global_step=step)
 
   def flush(self) -> None:
+    """Writes every event logged so far to disk.
+
+    tensorboardX's own ``flush()`` flushes the file but not the queue in front of it: events
+    still queued for its writer thread (the ones just logged) reach the disk only at the
+    next ``flush_secs`` tick. So first let the writer thread drain the queue: stop it (its
+    stop signal queues behind every pending event, and it writes them all before it exits)
+    and start a fresh one on the same queue and file.
+    """
+    for file_writer in (self.writer.all_writers or {}).values():
+      events = getattr(file_writer, "event_writer", None)
+      worker = getattr(events, "_worker", None)
+      if events is None or worker is None or events._closed:
+        continue
+      worker.stop()
+      events._worker = type(worker)(events._event_queue, events._ev_writer, events._flush_secs)
+      events._worker.start()
     self.writer.flush()
 
   def close(self) -> None:
     self.writer.close()
 
 
-class _WandB:
+class _RunRecord:
+  """The run id a backend logs to from one run directory, and the last step it logged.
 
-  def __init__(self, log_dir: Path, project: str, name: str, config: dict):
+  Stored as JSON in ``<log_dir>/<backend>-run.json``. ``resume=False`` starts a new run
+  (new id); ``resume=True`` continues the stored one (a new id if there is none).
+  """
+
+  def __init__(self, log_dir: Path, backend: str, resume: bool):
+    self.path = Path(log_dir) / f"{backend}-run.json"
+    saved = {}
+    if resume and self.path.is_file():
+      try:
+        saved = json.loads(self.path.read_text())
+      except (OSError, ValueError):
+        _log.warning("panda_rl: %s is unreadable; logging to a new %s run", self.path,
+                     backend)
+    self.resumed = bool(saved.get("id"))
+    self.id = str(saved["id"]) if self.resumed else uuid.uuid4().hex[:16]
+    self.last_step = int(saved.get("last_step", 0)) if self.resumed else 0
+    self._write()
+
+  def _write(self) -> None:
+    tmp = self.path.with_name(self.path.name + ".tmp")
+    tmp.write_text(json.dumps({"id": self.id, "last_step": self.last_step}))
+    os.replace(tmp, self.path)  # atomic: a kill leaves the old or the new record
+
+  def is_new(self, step: int) -> bool:
+    """False for steps this run already has (logged before an interruption)."""
+    return step > self.last_step
+
+  def logged(self, step: int) -> None:
+    if step > self.last_step:
+      self.last_step = step
+      self._write()
+
+
+class _WandB:
+  """Weights & Biases; one run per run directory (see the module docstring)."""
+
+  def __init__(self, log_dir: Path, project: str, name: str, config: dict, resume: bool):
     import wandb
 
+    self.record = _RunRecord(log_dir, "wandb", resume)
     self.wandb = wandb
-    self.run = wandb.init(project=project, name=name, dir=str(log_dir), config=config)
+    self.run = wandb.init(project=project, name=name, dir=str(log_dir), config=config,
+                          id=self.record.id, resume="allow")
+    if getattr(self.run, "resumed", False):  # online: the server knows the run's last step
+      self.record.last_step = max(self.record.last_step, int(self.run.step) - 1)
 
   def log(self, metrics: Dict[str, float], step: int) -> None:
+    if not self.record.is_new(step):
+      return
     self.run.log(metrics, step=step)
+    self.record.logged(step)
 
   def flush(self) -> None:
+    # wandb has no public flush: every log() is handed to its service process at once, and
+    # finish() (close) waits for it. The run record is already on disk.
     pass
 
   def close(self) -> None:
@@ -115,22 +198,30 @@ class _WandB:
 
 
 class _SwanLab:
+  """SwanLab; one run per run directory (see the module docstring)."""
 
-  def __init__(self, log_dir: Path, project: str, name: str, config: dict):
+  def __init__(self, log_dir: Path, project: str, name: str, config: dict, resume: bool):
     import swanlab
 
+    self.record = _RunRecord(log_dir, "swanlab", resume)
     self.swanlab = swanlab
-    self.run = swanlab.init(project=project, experiment_name=name, logdir=str(log_dir),
-                            config=config)
+    self.run = swanlab.init(project=project, experiment_name=name,
+                            logdir=str(Path(log_dir) / "swanlog"), config=config,
+                            id=self.record.id, resume="allow")
 
   def log(self, metrics: Dict[str, float], step: int) -> None:
-    self.swanlab.log(metrics, step=step)
+    if not self.record.is_new(step):
+      return
+    self.run.log(metrics, step=step)
+    self.record.logged(step)
 
   def flush(self) -> None:
+    # swanlab has no public flush: log() hands the data to its writer at once, and finish()
+    # (close) waits for it. The run record is already on disk.
     pass
 
   def close(self) -> None:
-    self.swanlab.finish()
+    self.run.finish()
 
 
 class MetricLogger:
@@ -152,13 +243,25 @@ class MetricLogger:
       b.log(scalars, int(step))
 
   def flush(self) -> None:
+    """Flushes every backend (TensorBoard's event file; each backend's run record). Never
+    raises: a logging failure is a warning, not a lost checkpoint (call it at checkpoints
+    and on exit)."""
     for b in self._backends:
-      b.flush()
+      try:
+        b.flush()
+      except Exception as e:  # noqa: BLE001
+        _log.warning("panda_rl: flushing the %s logger failed: %s: %s", type(b).__name__,
+                     type(e).__name__, e)
 
   def close(self) -> None:
-    for b in self._backends:
-      b.close()
-    self._backends = []
+    """Flushes and closes every backend, even when one of them fails (then warns)."""
+    backends, self._backends = self._backends, []
+    for b in backends:
+      try:
+        b.close()
+      except Exception as e:  # noqa: BLE001
+        _log.warning("panda_rl: closing the %s logger failed: %s: %s", type(b).__name__,
+                     type(e).__name__, e)
 
   def __enter__(self) -> "MetricLogger":
     return self
@@ -175,7 +278,9 @@ def make_logger(config, log_dir: str | Path, *, purge_step: Optional[int] = None
     config: the experiment config (its JSON goes to the backends as hyperparameters).
     log_dir: directory of this run's event files (created if missing).
     purge_step: on resume, the first step that will be logged again; TensorBoard drops
-      events at or after it written by the interrupted run, so curves do not double back.
+      events at or after it written by the interrupted run, so curves do not double back;
+      W&B and SwanLab continue the run directory's run and skip the steps it already has.
+      ``None``: a fresh start (new W&B / SwanLab run).
     process_index: defaults to ``jax.process_index()``; only process 0 logs.
   """
   from panda_rl.config import config_to_dict, logger_backends
@@ -193,15 +298,25 @@ def make_logger(config, log_dir: str | Path, *, purge_step: Optional[int] = None
   lg = config.runner.logger
   cfg = config_to_dict(config)
   backends = []
+  try:
+    _open_backends(names, backends, log_dir, purge_step, config, lg, cfg)
+  except BaseException:
+    MetricLogger(backends).close()  # the ones already open
+    raise
+  return MetricLogger(backends)
+
+
+def _open_backends(names, backends, log_dir, purge_step, config, lg, cfg) -> None:
   for name in names:
     if name == "tensorboard":
       backends.append(_TensorBoard(log_dir, purge_step, config.to_json(indent=2)
                                    if hasattr(config, "to_json") else ""))
     elif name == "wandb":
-      backends.append(_WandB(log_dir, lg.project_name, lg.experiment_name, cfg))
+      backends.append(_WandB(log_dir, lg.project_name, lg.experiment_name, cfg,
+                             resume=purge_step is not None))
     elif name == "swanlab":
-      backends.append(_SwanLab(log_dir, lg.project_name, lg.experiment_name, cfg))
-  return MetricLogger(backends)
+      backends.append(_SwanLab(log_dir, lg.project_name, lg.experiment_name, cfg,
+                               resume=purge_step is not None))
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     python scripts/benchmark_env.py                       # state env, default batches
     python scripts/benchmark_env.py --batch 512 2048 --steps 50 --json out.json
-    python scripts/benchmark_env.py --no-fast-flags       # measure without panda_rl's XLA flags
+    python scripts/benchmark_env.py --no-fast-flags       # without panda_rl's CPU fast path
     python scripts/benchmark_env.py --env PandaPickCubeVision-v0 --image-size 64 128 \\
         --batch 64 256 1024                               # vision env: physics + rendering
 
@@ -14,6 +14,12 @@ renderer alone (``jit(vmap(renderer.render))`` on the batch's states after the t
 steps: no physics) is timed too, as ms per camera image and its share of the env step.
 A watchdog reports a hang (jax 0.10 is known to deadlock on CPU at large batch) instead of
 waiting forever. Prints a table and writes JSON.
+
+The CPU fast path (``panda_rl/_xla.py``) has two parts: XLA:CPU flags and an optimization
+barrier in MJX's quaternion product. ``--no-fast-flags`` turns off BOTH (the regression
+check: run once with and once without it); ``--no-xla-flags`` and ``--no-mjx-barrier`` turn
+off one each, to see which part a change affects. The JSON records what was in effect
+(``xla_status``, ``mjx_patch``, ``xla_flags``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,13 @@ def _parse():
   p.add_argument("--image-size", type=int, nargs="+", default=[64, 128],
                  help="vision envs: square image sizes to time (ignored for state envs)")
   p.add_argument("--no-fast-flags", action="store_true",
-                 help="do not let panda_rl set its XLA:CPU flags (regression check)")
+                 help="turn off panda_rl's whole CPU fast path: its XLA:CPU flags (also\n"
+                      "removed from XLA_FLAGS if set there) AND the MJX quaternion\n"
+                      "barrier (regression check)")
+  p.add_argument("--no-xla-flags", action="store_true",
+                 help="turn off only the XLA:CPU flags (PANDA_RL_XLA_FLAGS=0)")
+  p.add_argument("--no-mjx-barrier", action="store_true",
+                 help="turn off only the MJX quaternion barrier (PANDA_RL_MJX_BARRIER=0)")
   p.add_argument("--override", nargs="*", default=[], help="env overrides key=value")
   p.add_argument("--json", default="benchmark_env.json")
   return p.parse_args()
@@ -63,11 +75,22 @@ def _median(times):
   return times[len(times) // 2]
 
 
+def fast_path_off(flags: bool, barrier: bool) -> None:
+  """Opts out of panda_rl's XLA:CPU flags and/or MJX barrier; call before importing it."""
+  if flags:
+    os.environ["PANDA_RL_XLA_FLAGS"] = "0"
+    fast = ("--xla_cpu_use_fusion_emitters", "--xla_cpu_experimental_ynn_fusion_type")
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.split("=")[0] not in fast]
+    os.environ["XLA_FLAGS"] = " ".join(kept)
+  if barrier:
+    os.environ["PANDA_RL_MJX_BARRIER"] = "0"
+
+
 def main():
   args = _parse()
-  if args.no_fast_flags:
-    os.environ["PANDA_RL_XLA_FLAGS"] = "0"
-  import panda_rl  # sets XLA flags before the backend starts
+  fast_path_off(flags=args.no_fast_flags or args.no_xla_flags,
+                barrier=args.no_fast_flags or args.no_mjx_barrier)
+  import panda_rl  # sets XLA flags before the backend starts, patches MJX
   from panda_rl import _xla
   import jax
   from panda_rl.envs.base import AutoResetWrapper
@@ -127,7 +150,7 @@ def main():
     med = _median(result["times"])
     sps = batch * args.steps / med
     row = {"batch": batch, "env_steps_per_s": sps,
-           "physics_steps_per_s": sps * env.unwrapped.n_substeps,
+           "physics_steps_per_s": sps * getattr(env.unwrapped, "n_substeps", 1),
            "compile_s": result["compile_s"], "median_call_s": med, "hang": False}
     if size is not None:
       ncam = len(env.unwrapped.renderer.camera_names)
@@ -183,7 +206,8 @@ def main():
   out = {
       "env": args.env, "overrides": overrides, "steps_per_call": args.steps,
       "image_sizes": sizes if vision else None,
-      "xla_status": _xla.STATUS, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "xla_status": _xla.STATUS, "mjx_patch": _xla.MJX_PATCH,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
       "machine": platform.platform(), "python": sys.version.split()[0],

@@ -1,6 +1,10 @@
 """Checkpoints: exact round trips, interrupted saves, damaged checkpoints, misfit configs,
-and the training loop's save / resume / NaN-guard behaviour (with a tiny fake trainer, so
-these run in seconds; tests/test_cli.py repeats the key ones with the real PPO trainer)."""
+and the training loop's save / resume / NaN-guard behaviour, first with a tiny fake trainer
+(seconds), then against the real thing: PPO on PointReach-v0 through ``python -m
+panda_rl.train`` / ``panda_rl.evaluate`` and ``panda_rl.load_policy`` (runner.max_to_keep,
+damaged files inside ``checkpoints/<step>/state``, a misfit config, a real NaN divergence):
+non-zero exit, one message naming the checkpoint, no traceback, nothing deleted. Real
+interruptions (SIGKILL) are in tests/test_interrupt.py."""
 
 import panda_rl  # noqa: F401  (first: XLA flags)
 
@@ -305,3 +309,161 @@ def test_video_hook_needs_a_renderable_eval_env(fake_trainer, tmp_path):
   from panda_rl.config import ConfigError
   with pytest.raises(ConfigError, match="save_video"):
     train_and_evaluate(_config(tmp_path, "env.eval.video_cfg.save_video=True"))
+
+
+# --------------------------------------------------------------------------------------
+# The real thing: PPO on PointReach-v0 through `python -m panda_rl.train / evaluate`.
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = ("panda_rl", "mujoco_ppo_mlp")  # default project / experiment sub-directories
+TINY_CLI = [
+    "--config.env.train.env_id=PointReach-v0", "--config.env.train.overrides={}",
+    "--config.env.train.num_envs=8", "--config.env.eval.num_envs=4",
+    "--config.rollout.num_steps=16", "--config.algorithm.num_minibatches=2",
+    "--config.algorithm.update_epochs=2", "--config.actor.model.policy_hidden=(16,16)",
+    "--config.actor.model.value_hidden=(16,16)", "--config.runner.val_check_interval=0",
+    "--config.runner.save_interval=1", "--config.runner.max_to_keep=2",
+]
+
+
+def _cli(cli_env, module, *args):
+  import subprocess
+  import sys
+
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=cli_env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _train_cli(cli_env, log_path, *args):
+  return _cli(cli_env, "panda_rl.train", f"--config={CONFIG}", *TINY_CLI,
+              f"--config.runner.logger.log_path={log_path}", *args)
+
+
+def _ok(proc):
+  assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-6000:]}"
+  return proc
+
+
+def _listing(root: Path):
+  """Every file and directory under root with its size: what 'deletes nothing' compares."""
+  return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1)
+                for p in root.rglob("*"))
+
+
+def _messages(stderr: str, prefix: str):
+  """stderr without absl's log lines (``W1201 21:48:10.1 ...``): what the user reads."""
+  import re
+
+  lines = [x for x in stderr.splitlines() if x.strip() and not re.match(r"^[IWE]\d{4} ", x)]
+  return lines, [x for x in lines if x.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def real_run(cli_env, tmp_path_factory):
+  """4 iterations, a checkpoint every iteration, runner.max_to_keep=2."""
+  log_path = tmp_path_factory.mktemp("real")
+  _ok(_train_cli(cli_env, log_path, "--config.runner.max_epochs=4"))
+  return log_path
+
+
+def _copy(real_run, tmp_path) -> Path:
+  shutil.copytree(real_run, tmp_path / "copy")
+  return tmp_path.joinpath("copy", *RUN)
+
+
+def test_max_to_keep_retires_old_checkpoints_through_the_cli(cli_env, real_run, tmp_path):
+  run_dir = real_run.joinpath(*RUN)
+  ckdir = run_dir / "checkpoints"
+  assert sorted(p.name for p in ckdir.iterdir()) == ["3", "4"]  # 1 and 2 retired
+  assert Checkpointer(ckdir).all_steps() == [3, 4]
+  # Resuming keeps retiring (a save is retired only after a newer one completed), and
+  # never touches the leftover of an interrupted save.
+  run_dir = _copy(real_run, tmp_path)
+  ckdir = run_dir / "checkpoints"
+  leftover = ckdir / "9.orbax-checkpoint-tmp-1234"
+  shutil.copytree(ckdir / "3", leftover)
+  proc = _ok(_train_cli(cli_env, run_dir.parents[1], "--config.runner.max_epochs=6",
+                        "--config.runner.resume=True"))
+  assert "Resumed from checkpoint step 4" in proc.stdout
+  assert sorted(p.name for p in ckdir.iterdir()) == ["5", "6", leftover.name]
+  assert Checkpointer(ckdir).all_steps() == [5, 6]
+
+
+def _damage_state(step_dir: Path, what: str) -> None:
+  state = step_dir / "state"
+  if what == "data":  # the arrays' OCDBT data files: truncated, as by a full disk
+    files = [p for p in (state / "d").iterdir() if p.is_file()]
+  else:  # the tree metadata
+    files = [state / "_METADATA"]
+  assert files and all(f.stat().st_size > 16 for f in files)
+  for f in files:
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("what", ["data", "metadata"])
+def test_damaged_checkpoint_real_evaluate_and_load_policy(cli_env, real_run, tmp_path, what):
+  run_dir = _copy(real_run, tmp_path)
+  step_dir = run_dir / "checkpoints" / "4"
+  _damage_state(step_dir, what)
+  before = _listing(run_dir)
+
+  proc = _cli(cli_env, "panda_rl.evaluate", "--checkpoint", str(run_dir), "--episodes", "2")
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+  lines, errors = _messages(proc.stderr, "panda_rl.evaluate:")
+  assert len(lines) == 1 and len(errors) == 1, proc.stderr[-4000:]
+  assert f"Checkpoint '{step_dir}' is damaged" in errors[0]
+  assert "NOT deleted" in errors[0] and "(complete steps: [3])" in errors[0]
+  assert "success rate" not in proc.stdout
+  assert _listing(run_dir) == before
+
+  with pytest.raises(CheckpointError) as e:
+    panda_rl.load_policy(run_dir)
+  assert f"Checkpoint '{step_dir}' is damaged" in str(e.value) and "NOT deleted" in str(e.value)
+  assert _listing(run_dir) == before
+  # The earlier checkpoint is still usable, as the message says.
+  assert panda_rl.load_policy(run_dir / "checkpoints" / "3").step == 3
+
+
+def test_damaged_checkpoint_real_resume_fails_clearly(cli_env, real_run, tmp_path):
+  run_dir = _copy(real_run, tmp_path)
+  step_dir = run_dir / "checkpoints" / "4"
+  _damage_state(step_dir, "data")
+  before = _listing(run_dir)
+  proc = _train_cli(cli_env, run_dir.parents[1], "--config.runner.max_epochs=6",
+                    "--config.runner.resume=True")
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+  _, errors = _messages(proc.stderr, "panda_rl.train:")
+  assert len(errors) == 1 and f"Checkpoint '{step_dir}' is damaged" in errors[0], proc.stderr
+  assert "NOT deleted" in errors[0]
+  assert _listing(run_dir) == before  # nothing retired, nothing written
+
+
+def test_misfit_config_real_resume_fails_before_compiling(cli_env, real_run, tmp_path):
+  run_dir = _copy(real_run, tmp_path)
+  before = _listing(run_dir)
+  proc = _train_cli(cli_env, run_dir.parents[1], "--config.runner.max_epochs=6",
+                    "--config.runner.resume=True", "--config.actor.model.policy_hidden=(8,8)")
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+  _, errors = _messages(proc.stderr, "panda_rl.train:")
+  assert len(errors) == 1 and "does not fit the current config" in errors[0]
+  assert "params.policy" in proc.stderr and "actor.model.policy_hidden" in proc.stderr
+  assert _listing(run_dir) == before
+
+
+def test_nan_guard_real_training(cli_env, real_run, tmp_path):
+  """A real divergence (resumed with an absurd learning rate): the CLI stops at the first NaN
+  loss and keeps the last good checkpoints untouched; none of the diverged state is saved."""
+  run_dir = _copy(real_run, tmp_path)
+  ckdir = run_dir / "checkpoints"
+  before = _listing(ckdir)
+  proc = _train_cli(cli_env, run_dir.parents[1], "--config.runner.max_epochs=6",
+                    "--config.runner.resume=True", "--config.actor.optim.lr=1e30",
+                    "--config.actor.optim.max_grad_norm=1e30")
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+  _, errors = _messages(proc.stderr, "panda_rl.train:")
+  assert len(errors) == 1 and "TrainingDivergedError" in errors[0], proc.stderr[-4000:]
+  assert "diverged at iteration 5" in errors[0] and "last good checkpoint is step 4" in errors[0]
+  assert _listing(ckdir) == before
+  assert Checkpointer(ckdir).all_steps() == [3, 4]

@@ -1,7 +1,8 @@
 """The JAX renderer against MuJoCo's own ray caster (mj_ray), plus shapes, dtypes and tracing.
 
 Fidelity: for random states, the geom seen at each pixel must equal the geom ``mujoco.mj_ray``
-hits along that pixel's ray on >= 99% of pixels, and depth must agree within 1 mm where both
+hits along that pixel's ray on > 99.9% of pixels (README's claim; measured: 100%, all 3456
+pixels per camera and scene, 6 states x 24 x 24), and depth must agree within 1 mm where both
 hit the same geom (issue 4, item 2) closer than 10 m (beyond, only rays grazing the infinite
 floor, where float32 cannot resolve millimetres). Small images keep the C reference fast.
 """
@@ -21,7 +22,7 @@ from panda_rl.render import Renderer, reference
 from panda_rl.render import camera as camera_lib
 
 H = W = 24
-MIN_AGREEMENT = 0.99
+MIN_AGREEMENT = 0.999  # strictly more than this share of pixels
 MAX_DEPTH_ERR = 1e-3
 PANDA_XML = os.path.join(os.path.dirname(panda_rl.__file__), "envs", "assets",
                          "panda_pick_cube.xml")
@@ -150,7 +151,7 @@ def test_fidelity_all_primitives(scene_model, max_candidates):
   states = _random_states(m, 6, seed=1, sample_qpos=_scene_qpos)
   result, images = _fidelity(m, renderer, states)
   for cam, (agree, err) in result.items():
-    assert agree >= MIN_AGREEMENT, (cam, agree)
+    assert agree > MIN_AGREEMENT, (cam, agree)
     assert err <= MAX_DEPTH_ERR, (cam, err)
   # the scene really exercises every primitive type, and hides what it should
   seen = set(np.unique(np.concatenate([np.asarray(images[c]["segmentation"]).ravel()
@@ -169,7 +170,7 @@ def test_fidelity_panda_scene():
   states = _random_states(m, 6, seed=2, sample_qpos=_panda_qpos)
   result, _ = _fidelity(m, renderer, states)
   for cam, (agree, err) in result.items():
-    assert agree >= MIN_AGREEMENT, (cam, agree)
+    assert agree > MIN_AGREEMENT, (cam, agree)
     assert err <= MAX_DEPTH_ERR, (cam, err)
 
 

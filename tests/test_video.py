@@ -19,6 +19,7 @@ from panda_rl import metrics as M
 from panda_rl import train as train_lib
 from panda_rl import training
 from panda_rl import video
+from panda_rl.envs import base
 from panda_rl.checkpoint import Checkpointer
 from panda_rl.config import ConfigError, load_config
 from panda_rl.logger import read_scalars
@@ -33,15 +34,32 @@ RES = 32
 # The recorder, in process.
 
 
+class _EndsEarly(base.Wrapper):
+  """Also ends each episode (``done``) at a step of its own, drawn from its reset key in
+  [3, 16): episodes of different lengths, some cut short before the env's time limit."""
+
+  def reset(self, key):
+    state = self.env.reset(key)
+    end = jax.random.randint(jax.random.fold_in(key, 7), (), 3, 16)
+    return state.replace(info=dict(state.info, t=jnp.int32(0), end=end))
+
+  def step(self, state, action):
+    state = self.env.step(state, action)
+    t = state.info["t"] + 1
+    done = jnp.maximum(state.done, (t >= state.info["end"]).astype(jnp.float32))
+    return state.replace(done=done, info=dict(state.info, t=t))
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-  """Two episodes of a zero-action policy; the env's time limit (10) is below the steps
-  simulated (12), so the recorder must cut each video at the episode's end."""
-  env = panda_rl.make("PandaPickCube-v0", episode_length=10)
+  """Two episodes of a zero-action policy, 12 steps simulated. Episode 0 ends at the env's
+  time limit (10 steps), episode 1 early, at step 7 (its end drawn by _EndsEarly from its
+  reset key, PRNGKey(1) split in 2): the recorder must cut each video at its own episode's end."""
+  env = _EndsEarly(panda_rl.make("PandaPickCube-v0", episode_length=10))
   policy = lambda params, obs: jnp.zeros(obs.shape[:-1] + (env.action_size,)) + params
   recorder = video.VideoRecorder(env, policy, num_videos=2, resolution=RES, fps=10,
                                  max_steps=12)
-  episodes = recorder.rollout(jnp.float32(0.0), jax.random.PRNGKey(0))
+  episodes = recorder.rollout(jnp.float32(0.0), jax.random.PRNGKey(1))
   directory = tmp_path_factory.mktemp("videos")
   paths = recorder.write(episodes, directory, "iter_000020")
   return recorder, episodes, paths
@@ -50,11 +68,14 @@ def recorded(tmp_path_factory):
 def test_video_is_one_episode_of_side_by_side_views(recorded):
   recorder, episodes, paths = recorded
   assert [p.name for p in paths] == ["iter_000020_ep0.mp4", "iter_000020_ep1.mp4"]
-  np.testing.assert_array_equal(episodes.lengths, [10, 10])
-  for path, frames in zip(paths, episodes.frames):
-    assert frames.shape == (11, RES, 2 * RES, 3) and frames.dtype == np.uint8
+  np.testing.assert_array_equal(episodes.lengths, [10, 7])
+  for path, frames, success, length in zip(paths, episodes.frames, episodes.success,
+                                           episodes.lengths):
+    # The reset frame + one per step up to the one that ended the episode, front | wrist.
+    assert frames.shape == (length + 1, RES, 2 * RES, 3) and frames.dtype == np.uint8
+    assert success.shape == (length + 1,)
     back = video.read_mp4(path)
-    assert back.shape == (11, RES, 2 * RES, 3)  # reset frame + 10 steps, front | wrist
+    assert back.shape == (length + 1, RES, 2 * RES, 3)
     # Lossy, but the same picture: the scene, not noise or black.
     assert np.abs(back[5, :RES - 4].astype(float) - frames[5, :RES - 4]).mean() < 12
     assert frames[5].std() > 10
@@ -70,6 +91,7 @@ def test_first_frame_shows_the_reset_state(recorded):
   _, episodes, _ = recorded
   frames = episodes.frames[0].astype(float)
   assert np.abs(frames[0] - frames[1]).mean() < 2.0
+
 
 
 def test_annotate_draws_step_number_and_success_bar():
