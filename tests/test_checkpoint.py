@@ -23,6 +23,7 @@ from panda_rl.checkpoint import (Checkpointer, CheckpointError, resolve_checkpoi
                                  restore_subtree)
 from panda_rl.config import load_config
 from panda_rl.train import TrainingDivergedError, train_and_evaluate
+from fake_trainer import RunLoopTrainer
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mujoco_ppo_mlp.py")
 
@@ -184,7 +185,7 @@ class _TrainState:
   env_steps: jax.Array
 
 
-class _FakeTrainer:
+class _FakeTrainer(RunLoopTrainer):
   """A deterministic random walk with PPO-shaped metrics; the loss is NaN at ``NAN_AT``."""
 
   NAN_AT = None

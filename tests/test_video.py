@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from panda_rl import metrics as M
+from panda_rl import eval_videos, runner
 from panda_rl import train as train_lib
 from panda_rl import training
 from panda_rl import video
@@ -23,6 +24,7 @@ from panda_rl.envs import base
 from panda_rl.checkpoint import Checkpointer
 from panda_rl.config import ConfigError, load_config
 from panda_rl.logger import read_scalars
+from fake_trainer import RunLoopTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
@@ -126,10 +128,14 @@ def test_bad_settings_and_unrenderable_envs_fail_clearly():
   assert video.check_settings(2, (48, 64), 30) == (2, 48, 64, 30.0)
   with pytest.raises(ValueError, match="no mj_model"):
     video.VideoRecorder(panda_rl.make("PointReach-v0"), lambda p, o: o, resolution=RES)
-  config = load_config(CONFIG, ["env.eval.video_cfg.save_video=True",
-                                "env.eval.video_cfg.num_videos=0"])
-  with pytest.raises(ConfigError, match="env.eval.video_cfg: num_videos"):
-    train_lib.video_recorder(config)
+  with pytest.raises(ConfigError, match="env.eval.video_cfg: num_videos"):  # at load time
+    load_config(CONFIG, ["env.eval.video_cfg.save_video=True",
+                         "env.eval.video_cfg.num_videos=0"])
+  config = load_config(CONFIG, ["env.eval.video_cfg.save_video=True"])
+  config.unlock()
+  config.env.eval.video_cfg.resolution = 4
+  with pytest.raises(ConfigError, match="env.eval.video_cfg: resolution"):
+    eval_videos.video_recorder(config)
 
 
 # --------------------------------------------------------------------------------------
@@ -149,10 +155,10 @@ def _tiny_config(tmp_path, *extra):
 
 def test_video_dir_defaults_to_log_path_video_eval(tmp_path):
   config = _tiny_config(tmp_path)
-  assert train_lib.video_dir(config) == tmp_path.joinpath(
+  assert eval_videos.video_dir(config) == tmp_path.joinpath(
       "video", "eval", *RUN)
   config = _tiny_config(tmp_path, f"env.eval.video_cfg.video_base_dir={tmp_path}/v")
-  assert train_lib.video_dir(config) == tmp_path / "v"
+  assert eval_videos.video_dir(config) == tmp_path / "v"
 
 
 def test_unrenderable_eval_env_fails_before_training(tmp_path):
@@ -169,7 +175,7 @@ class _State:
   env_steps: jax.Array
 
 
-class _FakeTrainer:
+class _FakeTrainer(RunLoopTrainer):
   """Counts iterations; no env, no compile worth the name."""
 
   def __init__(self, config):
@@ -184,6 +190,9 @@ class _FakeTrainer:
     return state.replace(iteration=state.iteration + 1, env_steps=state.env_steps + 8,
                          params={"policy": state.params["policy"] + 1.0}), metrics
 
+  def train_iteration(self, state):
+    return jax.jit(self.iteration_fn)(state)
+
   def evaluate(self, state, key):
     return {name: jnp.float32(1.0) for name in M.EVAL_METRICS}
 
@@ -192,19 +201,26 @@ def test_video_failure_is_a_warning_and_keeps_logs_and_checkpoints(tmp_path, mon
                                                                    caplog):
   calls = []
 
-  def broken(trainer, state, key, step):
-    calls.append(step)
-    raise OSError("disk full")
+  class Broken(eval_videos.EvalVideos):
+    def __init__(self):  # no recorder: nothing to render
+      pass
+
+    def prepare(self, trainer):
+      pass
+
+    def __call__(self, trainer, state, key, step):
+      calls.append(step)
+      raise OSError("disk full")
 
   monkeypatch.setattr(training, "Trainer", _FakeTrainer)
-  monkeypatch.setattr(train_lib, "video_recorder", lambda config: broken)
+  monkeypatch.setattr(runner, "video_recorder", lambda config: Broken())
   result = train_lib.train_and_evaluate(_tiny_config(tmp_path))
   assert calls == [1, 2]
   assert "Evaluation videos of iteration 2 were not written: OSError: disk full" in caplog.text
   assert Checkpointer(result.workdir / "checkpoints").all_steps() == [2]
   scalars = read_scalars(result.workdir)
   assert [s for s, _, _ in scalars[M.EVAL_SUCCESS_ONCE]] == [1, 2]
-  assert train_lib.VIDEO_S not in scalars
+  assert M.VIDEO_S not in scalars
 
 
 # --------------------------------------------------------------------------------------
@@ -257,7 +273,7 @@ def test_train_cli_writes_eval_videos_under_log_path(pick_run):
   _check_video(videos[0])
   assert "time/video_s=" in proc.stdout
   assert Checkpointer(run_dir / "checkpoints").all_steps() == [1]
-  assert train_lib.VIDEO_S in read_scalars(run_dir)
+  assert M.VIDEO_S in read_scalars(run_dir)
 
 
 def test_evaluate_cli_writes_videos(cli_env, pick_run):

@@ -1,0 +1,22 @@
+"""What the run loop (panda_rl.runner) asks of a trainer, for the tests' fake trainers."""
+
+import types
+
+import jax
+
+
+class RunLoopTrainer:
+  """Mixin: a one-device placement, an iteration compiled on first use, restore targets and
+  checkpoint metadata, on top of a fake's ``init`` and ``train_iteration``."""
+
+  placement = types.SimpleNamespace(single_device=True, describe=lambda: "one device")
+
+  def compile_iteration(self, state):
+    return self.train_iteration, None
+
+  def abstract_state(self, key):
+    return jax.eval_shape(self.init, key)
+
+  def checkpoint_meta(self):
+    return {"observation_size": self.env.observation_size,
+            "action_size": self.env.action_size}
