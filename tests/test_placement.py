@@ -1,6 +1,8 @@
 """Placement (issue 6): parsing and validation of cluster.component_placement, the same
-results for every placement and pipeline depth on 16 virtual CPU devices, and a two-process
-multi-host run on localhost.
+results for every placement and pipeline depth on 16 virtual CPU devices, GRPO refused on
+non-collocated placements before compiling, and a two-process multi-host run on localhost
+(equal to one process on the same 4 devices, resumed or not; groups spanning processes
+refused).
 
 The device count is fixed when JAX starts, so the multi-device checks run this file as a
 subprocess (``python tests/test_placement.py equivalence|multihost ...``) with
@@ -212,6 +214,50 @@ def _child_equivalence(out_dir: str) -> None:
       with Checkpointer(os.path.join(out_dir, "ckpt")) as ckpt:
         ckpt.save(2, state, config)
   _check_restore_across_placements(os.path.join(out_dir, "ckpt"), saved)
+  with open(os.path.join(out_dir, "grpo_guard.json"), "w") as f:
+    json.dump(_grpo_guard(), f)
+
+
+GRPO = {
+    "algorithm.adv_type": "grpo", "algorithm.group_size": 4, "rollout.num_steps": 25,
+    "env.train.num_envs": 64, "algorithm.num_minibatches": 4,
+}
+
+
+def _grpo_guard():
+  """GRPO under non-collocated placements (each valid for PPO): the Trainer must refuse
+  them with a PlacementError before anything is compiled. Returns, per placement, the
+  message and the XLA compiles seen while the Trainer was built."""
+  from panda_rl import training
+
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *a, **k: events.append(name))
+  out = {}
+  for name in ("disaggregated", "hybrid_pipelined"):
+    spec, stages = PLACEMENTS[name]
+    config = tiny_config(**GRPO, **{"cluster.component_placement": spec,
+                                    "rollout.pipeline_stage_num": stages})
+    ppo = tiny_config(**{**GRPO, "algorithm.adv_type": "gae"},
+                      **{"cluster.component_placement": spec,
+                         "rollout.pipeline_stage_num": stages})
+    pl.from_config(ppo)  # the placement itself is fine
+    del events[:]
+    try:
+      training.Trainer(config)
+      out[name] = {"error": None}
+    except pl.PlacementError as e:
+      out[name] = {"error": str(e)}
+    # Lowering to XLA and compiling (eval_shape-style tracing is fine: no program is built).
+    out[name]["compiles"] = [e for e in events if "backend_compile" in e or "mlir" in e]
+  # And the collocated placement of the same GRPO config builds, compiles and runs.
+  del events[:]
+  config = tiny_config(**GRPO, **{"cluster.component_placement": "env,rollout,actor:all"})
+  trainer = training.Trainer(config)
+  state, metrics = trainer.train_iteration(trainer.init(jax.random.PRNGKey(0)))
+  out["collocated_runs"] = bool(np.isfinite(float(metrics[M.LOSS])))
+  out["collocated_compiles"] = len([e for e in events if "backend_compile" in e or "mlir" in e])
+  return out
 
 
 def _check_restore_across_placements(directory: str, saved) -> None:
@@ -233,11 +279,19 @@ def _check_restore_across_placements(directory: str, saved) -> None:
   assert int(state.iteration) == 3
 
 
-def test_same_results_for_every_placement(sub_env, tmp_path):
-  proc = subprocess.run([sys.executable, __file__, "equivalence", str(tmp_path)], cwd=REPO,
+@pytest.fixture(scope="module")
+def equivalence(sub_env, tmp_path_factory):
+  """The 16-device child: every placement trained 2 iterations, plus the GRPO guard."""
+  out = tmp_path_factory.mktemp("equivalence")
+  proc = subprocess.run([sys.executable, __file__, "equivalence", str(out)], cwd=REPO,
                         env=_with_devices(sub_env, 16), capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  return out
+
+
+def test_same_results_for_every_placement(equivalence):
+  tmp_path = equivalence
   # The reference: this process's default single-device trainer, the unsharded program.
   _, state, ref_history = _train(tiny_config(), 2)
   ref = _flat_params(state)
@@ -256,6 +310,28 @@ def test_same_results_for_every_placement(sub_env, tmp_path):
   assert ref_history[1][M.NUM_EPISODES] == 32  # the runs did something
 
 
+def test_grpo_refuses_non_collocated_placements_before_compiling(equivalence):
+  guard = json.loads((equivalence / "grpo_guard.json").read_text())
+  for name in ("disaggregated", "hybrid_pipelined"):
+    spec = PLACEMENTS[name][0]
+    assert guard[name]["error"] == (
+        "algorithm.adv_type='grpo' runs only with env, rollout and actor on the same devices "
+        f"(e.g. 'env,rollout,actor:all'); got {spec!r}"), guard[name]
+    assert guard[name]["compiles"] == [], guard[name]  # refused before compiling anything
+  # The listener does see the collocated run's programs being lowered (and compiled).
+  assert guard["collocated_runs"] and guard["collocated_compiles"] > 0, guard
+
+
+def test_grpo_placement_guard_without_devices():
+  """The same guard, in process: a valid non-collocated placement, a GRPO trainer."""
+  import types
+
+  placement = _placement("env:0-3;rollout:4-7;actor:8-15", **GRPO)
+  with pytest.raises(pl.PlacementError, match=r"^algorithm.adv_type='grpo' runs only with "
+                     r"env, rollout and actor on the same devices"):
+    pl.build_programs(types.SimpleNamespace(adv_type="grpo"), placement)
+
+
 def _child_multihost(workdir: str, process_id: int, port: int, epochs: int,
                      resume: bool) -> None:
   """One process of a 2-process run: trains with train_and_evaluate, dumps its params."""
@@ -272,7 +348,54 @@ def _child_multihost(workdir: str, process_id: int, port: int, epochs: int,
   assert all(len(x.sharding.device_set) == 4 for x in jax.tree.leaves(result.state.params))
   np.savez(os.path.join(workdir, f"params_{epochs}_p{process_id}.npz"),
            **_flat_params(result.state))
+  if not resume:
+    _check_cross_process_placement(workdir, process_id, port)
   jax.distributed.shutdown()
+
+
+CROSS_PROCESS = "env:0-1;rollout:2-3;actor:0-3"  # env on process 0's devices, rollout on 1's
+
+
+def _check_cross_process_placement(workdir: str, process_id: int, port: int) -> None:
+  """A placement valid on one process (see test_cross_process_placement_is_fine_on_one_
+  process) but whose groups span processes: refused before compiling."""
+  config = tiny_config(**{
+      "cluster.num_nodes": 2, "cluster.process_id": process_id,
+      "cluster.coordinator_address": f"localhost:{port}",
+      "cluster.component_placement": CROSS_PROCESS})
+  try:
+    pl.from_config(config)
+    message = None
+  except pl.PlacementError as e:
+    message = str(e)
+  with open(os.path.join(workdir, f"cross_process_p{process_id}.json"), "w") as f:
+    json.dump({"error": message}, f)
+
+
+def _child_single(workdir: str, epochs: int) -> None:
+  """The multihost config on ONE process with the same 4 devices (no jax.distributed)."""
+  from panda_rl.train import train_and_evaluate
+
+  config = tiny_config(**{
+      "cluster.component_placement": "env,rollout,actor:all", "runner.max_epochs": epochs,
+      "runner.save_interval": 2, "runner.val_check_interval": 2})
+  result = train_and_evaluate(config, workdir)
+  assert jax.process_count() == 1 and jax.device_count() == 4
+  assert all(len(x.sharding.device_set) == 4 for x in jax.tree.leaves(result.state.params))
+  np.savez(os.path.join(workdir, f"params_{epochs}.npz"), **_flat_params(result.state))
+  with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+    tree = ckpt.saved_tree(2)
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree,
+                            is_leaf=lambda x: hasattr(x, "dtype"))
+    state, _, _ = ckpt.restore(abstract, step=2)
+  np.savez(os.path.join(workdir, "params_2.npz"),
+           **{jax.tree_util.keystr(p): np.asarray(v) for p, v in
+              jax.tree_util.tree_leaves_with_path(state["params"])})
+
+
+def test_cross_process_placement_is_fine_on_one_process():
+  placement = _placement(CROSS_PROCESS, devices=4)
+  assert placement.groups["env"] == (0, 1) and placement.groups["rollout"] == (2, 3)
 
 
 def _free_port() -> int:
@@ -300,6 +423,12 @@ def _two_processes(env, workdir, epochs, resume):
   return outs
 
 
+# 2 processes x 2 devices against 1 process x 4 devices: the same global program, but the
+# cross-device reductions differ (gloo between processes), so not bit-identical. Measured:
+# max |difference| 6.0e-8 of parameters up to ~1.0, after 2 and after 2 + 1 resumed iterations.
+SINGLE_RTOL, SINGLE_ATOL = 1e-5, 1e-6
+
+
 def test_two_processes_train_identically_and_resume(sub_env, tmp_path):
   env = _with_devices(sub_env, 2)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # two writers of one cache: keep them apart
@@ -318,6 +447,30 @@ def test_two_processes_train_identically_and_resume(sub_env, tmp_path):
     np.testing.assert_array_equal(q0[k], q1[k], err_msg=k)
     assert not np.array_equal(q0[k], p0[k]) or "log_std" in k
 
+  # Groups that span processes: refused on both processes, before compiling.
+  for i in range(2):
+    error = json.loads((tmp_path / f"cross_process_p{i}.json").read_text())["error"]
+    assert error is not None, f"process {i} accepted {CROSS_PROCESS!r}"
+    assert error.startswith(f"Placement cluster.component_placement={CROSS_PROCESS!r} with "
+                            "rollout.pipeline_stage_num=1 cannot work (4 devices"), error
+    assert ("2 processes: the cpu backend cannot copy arrays between device groups that span "
+            "processes (actor->rollout, rollout->actor, env->actor, env->rollout, "
+            "rollout->env)") in error, error
+
+  # The same config on ONE process with the same 4 devices, straight to 3 iterations: the
+  # 2-process run after 2 iterations and the resumed one after 3 agree with it.
+  single = tmp_path / "single"
+  proc = subprocess.run([sys.executable, __file__, "single", str(single), "3"], cwd=REPO,
+                        env=_with_devices(sub_env, 4), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+  for two_proc, step in ((p0, 2), (q0, 3)):
+    ref = dict(np.load(single / f"params_{step}.npz"))
+    assert ref.keys() == two_proc.keys()
+    for k in ref:
+      np.testing.assert_allclose(two_proc[k], ref[k], rtol=SINGLE_RTOL, atol=SINGLE_ATOL,
+                                 err_msg=f"step {step}: {k}")
+
 
 if __name__ == "__main__":
   mode, *args = sys.argv[1:]
@@ -325,5 +478,7 @@ if __name__ == "__main__":
     _child_equivalence(args[0])
   elif mode == "multihost":
     _child_multihost(args[0], int(args[1]), int(args[2]), int(args[3]), bool(int(args[4])))
+  elif mode == "single":
+    _child_single(args[0], int(args[1]))
   else:
     raise SystemExit(f"unknown mode {mode!r}")
