@@ -328,6 +328,7 @@ class _Run:
     if not bad:
       return
     self.logger.log(metrics, step=done)
+    self.logger.flush()
     self.ckpt.wait_until_finished()
     where = (f"the last good checkpoint is step {self.last_saved} in {self.ckpt.directory}"
              if self.last_saved is not None else "no checkpoint was written")

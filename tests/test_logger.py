@@ -101,7 +101,8 @@ def wandb_runs(run_dir: Path):
         step = int(items.pop("_step"))
         assert step not in steps, f"{f}: step {step} twice"
         steps[step] = {k: v for k, v in items.items() if not k.startswith("_")}
-    runs.append((started, run_id, steps))
+    # The run record carries the start time; the file's mtime orders a file without one.
+    runs.append((started if started is not None else f.stat().st_mtime_ns, run_id, steps))
   return [r[1:] for r in sorted(runs, key=lambda r: r[0])]  # dir names resolve only seconds
 
 

@@ -1,6 +1,6 @@
 """Placement (issue 6): parsing and validation of cluster.component_placement, the same
-results for every placement and pipeline depth on 16 virtual CPU devices, GRPO refused on
-non-collocated placements before compiling, and a two-process multi-host run on localhost
+results for every placement and pipeline depth on 16 virtual CPU devices (GRPO's:
+tests/test_grpo.py), and a two-process multi-host run on localhost
 (equal to one process on the same 4 devices, resumed or not; groups spanning processes
 refused).
 
@@ -214,50 +214,6 @@ def _child_equivalence(out_dir: str) -> None:
       with Checkpointer(os.path.join(out_dir, "ckpt")) as ckpt:
         ckpt.save(2, state, config)
   _check_restore_across_placements(os.path.join(out_dir, "ckpt"), saved)
-  with open(os.path.join(out_dir, "grpo_guard.json"), "w") as f:
-    json.dump(_grpo_guard(), f)
-
-
-GRPO = {
-    "algorithm.adv_type": "grpo", "algorithm.group_size": 4, "rollout.num_steps": 25,
-    "env.train.num_envs": 64, "algorithm.num_minibatches": 4,
-}
-
-
-def _grpo_guard():
-  """GRPO under non-collocated placements (each valid for PPO): the Trainer must refuse
-  them with a PlacementError before anything is compiled. Returns, per placement, the
-  message and the XLA compiles seen while the Trainer was built."""
-  from panda_rl import training
-
-  events = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda name, *a, **k: events.append(name))
-  out = {}
-  for name in ("disaggregated", "hybrid_pipelined"):
-    spec, stages = PLACEMENTS[name]
-    config = tiny_config(**GRPO, **{"cluster.component_placement": spec,
-                                    "rollout.pipeline_stage_num": stages})
-    ppo = tiny_config(**{**GRPO, "algorithm.adv_type": "gae"},
-                      **{"cluster.component_placement": spec,
-                         "rollout.pipeline_stage_num": stages})
-    pl.from_config(ppo)  # the placement itself is fine
-    del events[:]
-    try:
-      training.Trainer(config)
-      out[name] = {"error": None}
-    except pl.PlacementError as e:
-      out[name] = {"error": str(e)}
-    # Lowering to XLA and compiling (eval_shape-style tracing is fine: no program is built).
-    out[name]["compiles"] = [e for e in events if "backend_compile" in e or "mlir" in e]
-  # And the collocated placement of the same GRPO config builds, compiles and runs.
-  del events[:]
-  config = tiny_config(**GRPO, **{"cluster.component_placement": "env,rollout,actor:all"})
-  trainer = training.Trainer(config)
-  state, metrics = trainer.train_iteration(trainer.init(jax.random.PRNGKey(0)))
-  out["collocated_runs"] = bool(np.isfinite(float(metrics[M.LOSS])))
-  out["collocated_compiles"] = len([e for e in events if "backend_compile" in e or "mlir" in e])
-  return out
 
 
 def _check_restore_across_placements(directory: str, saved) -> None:
@@ -281,7 +237,8 @@ def _check_restore_across_placements(directory: str, saved) -> None:
 
 @pytest.fixture(scope="module")
 def equivalence(sub_env, tmp_path_factory):
-  """The 16-device child: every placement trained 2 iterations, plus the GRPO guard."""
+  """The 16-device child: every placement trained 2 iterations (GRPO in every placement:
+  tests/test_grpo.py)."""
   out = tmp_path_factory.mktemp("equivalence")
   proc = subprocess.run([sys.executable, __file__, "equivalence", str(out)], cwd=REPO,
                         env=_with_devices(sub_env, 16), capture_output=True, text=True,
@@ -308,28 +265,6 @@ def test_same_results_for_every_placement(equivalence):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5,
                                    err_msg=f"{name}: iteration {it + 1} {k}")
   assert ref_history[1][M.NUM_EPISODES] == 32  # the runs did something
-
-
-def test_grpo_refuses_non_collocated_placements_before_compiling(equivalence):
-  guard = json.loads((equivalence / "grpo_guard.json").read_text())
-  for name in ("disaggregated", "hybrid_pipelined"):
-    spec = PLACEMENTS[name][0]
-    assert guard[name]["error"] == (
-        "algorithm.adv_type='grpo' runs only with env, rollout and actor on the same devices "
-        f"(e.g. 'env,rollout,actor:all'); got {spec!r}"), guard[name]
-    assert guard[name]["compiles"] == [], guard[name]  # refused before compiling anything
-  # The listener does see the collocated run's programs being lowered (and compiled).
-  assert guard["collocated_runs"] and guard["collocated_compiles"] > 0, guard
-
-
-def test_grpo_placement_guard_without_devices():
-  """The same guard, in process: a valid non-collocated placement, a GRPO trainer."""
-  import types
-
-  placement = _placement("env:0-3;rollout:4-7;actor:8-15", **GRPO)
-  with pytest.raises(pl.PlacementError, match=r"^algorithm.adv_type='grpo' runs only with "
-                     r"env, rollout and actor on the same devices"):
-    pl.build_programs(types.SimpleNamespace(adv_type="grpo"), placement)
 
 
 def _child_multihost(workdir: str, process_id: int, port: int, epochs: int,
