@@ -13,6 +13,12 @@ _REGISTRY: Dict[str, str] = {
     "PandaPickCube-v0": "panda_rl.envs.pick_cube:PandaPickCube",
     "PandaPickCubeVision-v0": "panda_rl.envs.pick_cube_vision:PandaPickCubeVision",
     "PointReach-v0": "panda_rl.envs.probe:PointReach",
+    # Graded probes with closed-form values / best actions (panda_rl/envs/probes.py).
+    "ProbeConstant-v0": "panda_rl.envs.probes:ProbeConstant",
+    "ProbeObsReward-v0": "panda_rl.envs.probes:ProbeObsReward",
+    "ProbeDiscount-v0": "panda_rl.envs.probes:ProbeDiscount",
+    "ProbeAction-v0": "panda_rl.envs.probes:ProbeAction",
+    "ProbeActionObs-v0": "panda_rl.envs.probes:ProbeActionObs",
 }
 
 

@@ -189,14 +189,42 @@ def build_scene(m: mujoco.MjModel, camera_names: Sequence[str],
       a camera name is unknown.
   """
   vis = visible_geoms(m, geom_groups)
+  types = _checked_types(m, vis)
+  rgb, emission, specular, shininess = _materials(m, vis)
+  lights = _lights(m)
+  if not use_model_lights:
+    lights = LightSpec(*[np.asarray(x)[:0] for x in dataclasses.astuple(lights)])
+  return Scene(
+      geom_id=vis,
+      geom_type=types,
+      size=np.asarray(m.geom_size[vis], np.float32).reshape(-1, 3),
+      rgb=rgb,
+      emission=emission,
+      specular=specular,
+      shininess=shininess,
+      cameras=_cameras(m, camera_names),
+      lights=lights,
+      headlight=_headlight(m) if use_headlight else None,
+  )
+
+
+def _checked_types(m: mujoco.MjModel, vis: np.ndarray) -> np.ndarray:
+  """[V] int32 geom types of the visible geoms ``vis``; fails on a type it cannot draw."""
   types = np.asarray(m.geom_type[vis], np.int32)
   bad = [int(i) for i, t in zip(vis, types) if t not in SUPPORTED_TYPES]
   if bad:
     names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, i) or f"#{i}" for i in bad]
     raise ValueError(f"geoms {names} have types the renderer cannot draw (supported: "
                      f"{sorted(TYPE_NAMES.values())}); move them to a hidden geom group")
-  size = np.asarray(m.geom_size[vis], np.float32).reshape(-1, 3)
+  return types
 
+
+def _materials(m: mujoco.MjModel, vis: np.ndarray):
+  """Base colour [V, 3] and emission, specular, shininess [V] (float32) of geoms ``vis``.
+
+  A geom with a material takes the material's colour unless its own rgba differs from the
+  compiler default (then its rgba overrides it); without a material, MuJoCo's defaults.
+  """
   rgb, emission, specular, shininess = [], [], [], []
   for i in vis:
     matid = int(m.geom_matid[i])
@@ -212,24 +240,13 @@ def build_scene(m: mujoco.MjModel, camera_names: Sequence[str],
       emission.append(0.0)
       specular.append(_DEFAULT_SPECULAR)
       shininess.append(_DEFAULT_SHININESS)
+  return (np.asarray(rgb, np.float32).reshape(-1, 3), np.asarray(emission, np.float32),
+          np.asarray(specular, np.float32), np.asarray(shininess, np.float32))
 
-  headlight = None
-  if use_headlight and m.vis.headlight.active:
-    hl = m.vis.headlight
-    headlight = tuple(np.asarray(x, np.float32).copy() for x in (hl.ambient, hl.diffuse,
-                                                                   hl.specular))
-  lights = _lights(m)
-  if not use_model_lights:
-    lights = LightSpec(*[np.asarray(x)[:0] for x in dataclasses.astuple(lights)])
-  return Scene(
-      geom_id=vis,
-      geom_type=types,
-      size=size,
-      rgb=np.asarray(rgb, np.float32).reshape(-1, 3),
-      emission=np.asarray(emission, np.float32),
-      specular=np.asarray(specular, np.float32),
-      shininess=np.asarray(shininess, np.float32),
-      cameras=_cameras(m, camera_names),
-      lights=lights,
-      headlight=headlight,
-  )
+
+def _headlight(m: mujoco.MjModel):
+  """(ambient, diffuse, specular) float32 [3] each of the model's headlight, or None if off."""
+  if not m.vis.headlight.active:
+    return None
+  hl = m.vis.headlight
+  return tuple(np.asarray(x, np.float32).copy() for x in (hl.ambient, hl.diffuse, hl.specular))
