@@ -22,7 +22,9 @@ import jax
 import numpy as np
 import pytest
 
+from panda_rl import metrics as M
 from panda_rl.checkpoint import Checkpointer
+from panda_rl.logger import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
@@ -103,6 +105,9 @@ def test_sigkill_at_random_moments_then_resume(cli_env, tmp_path):
       restored_from.append(start)
     after = _complete(ckdir)
     assert set(listed) <= set(after), (kill, listed, after)  # nothing complete was lost
+    if kill == 0:  # every checkpoint flushes the loggers: a kill keeps every scalar up to it
+      logged = {s for s, _, _ in read_scalars(log_path.joinpath(*RUN))[M.LOSS]}
+      assert set(range(1, listed[-1] + 1)) <= logged, (listed, sorted(logged))
     seen_complete |= set(listed)
     tmp = [p.name for p in ckdir.iterdir() if not p.name.isdigit()]
     kill_log.append((listed[-1], after[-1], tmp))
