@@ -175,7 +175,6 @@ class PandaPickCube(PandaBase):
   def reset(self, key: jax.Array) -> EnvState:
     """A fresh episode: cube at a random xy (and yaw) on the floor, arm at home, or, with
     the configured probabilities, a curriculum start (pre-grasp pose, then cube in hand)."""
-    cfg = self.config
     k_xy, k_yaw, k_hand, k_pre, k_pose, k_off = jax.random.split(key, 6)
     data = self._place_cube(k_xy, k_yaw)
     c = self._cube_qpos
