@@ -344,7 +344,8 @@ def test_grpo_solves_point_reach():
   assert "value" not in state.params
   assert _same(ref, jax.tree.map(np.asarray, state.ref_params))  # the reference is frozen
   for m in history:
-    assert set(m) == set(M.GRPO_ITERATION_METRICS)
+    assert set(m) == set(M.GRPO_ITERATION_METRICS) | {
+        M.REWARD_TERMS_PREFIX + "distance", M.REWARD_TERMS_PREFIX + "success"}
     assert all(np.isfinite(v) for v in m.values()), m
     # Every env plays exactly one 25-step episode per iteration (no early ends here).
     assert m[M.NUM_EPISODES] == 64 and m[M.EPISODE_LEN] == 25 and m[M.VALID_FRACTION] == 1

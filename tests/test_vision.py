@@ -261,21 +261,21 @@ def test_cnn_encoder_errors_and_config_validation():
   # The default ("flat", or no encoder field at all) keeps the state-env behaviour.
   flat = networks.make_networks(cnn_model_config(encoder="flat"), action_size=4)
   assert flat.policy.encoder is None
-  from panda_rl import training
+  from panda_rl import validation
 
   c = load_cnn_config()
   c.actor.model.cnn_kernels = (3,) * (len(c.actor.model.cnn_channels) + 1)
   with pytest.raises(ValueError, match="same length"):
-    training.validate_config(c)
+    validation.validate_config(c)
   c = load_cnn_config()
   del c.actor.model["shared_encoder"]  # (the typed ConfigDict field would refuse a str)
   c.actor.model.shared_encoder = "yes"
   with pytest.raises(ValueError, match="shared_encoder must be True or False"):
-    training.validate_config(c)
+    validation.validate_config(c)
   c = load_cnn_config()
   c.actor.model.encoder = "vit"
   with pytest.raises(ValueError, match="actor.model.encoder must be one of"):
-    training.validate_config(c)
+    validation.validate_config(c)
 
 
 def test_normalizer_leaves_images_and_tokens_untouched():
