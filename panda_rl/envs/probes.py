@@ -95,7 +95,26 @@ def _value_config() -> ml_collections.ConfigDict:
   return c
 
 
-class ProbeConstant(_Probe):
+class _ValueProbe(_Probe):
+  """The value probes: one observation number, the action ignored (``action_dim`` wide)."""
+
+  @staticmethod
+  def default_config() -> ml_collections.ConfigDict:
+    return _value_config()
+
+  def __init__(self, **overrides: Any):
+    super().__init__(self.default_config(), overrides)
+
+  @property
+  def observation_size(self) -> int:
+    return 1
+
+  @property
+  def action_size(self) -> int:
+    return int(self.config.action_dim)
+
+
+class ProbeConstant(_ValueProbe):
   """ProbeConstant-v0: obs [1] is always 0, reward 1, 1-step episodes.
 
   Closed form: V(obs) = 1 (the terminal step's reward; nothing to bootstrap). The action is
@@ -105,21 +124,6 @@ class ProbeConstant(_Probe):
   _NAME = "ProbeConstant"
   episode_length = 1
 
-  @staticmethod
-  def default_config() -> ml_collections.ConfigDict:
-    return _value_config()
-
-  def __init__(self, **overrides: Any):
-    super().__init__(self.default_config(), overrides)
-
-  @property
-  def observation_size(self) -> int:
-    return 1
-
-  @property
-  def action_size(self) -> int:
-    return int(self.config.action_dim)
-
   def _first_obs(self, key: Array) -> Array:
     return jnp.zeros((1,))
 
@@ -128,7 +132,7 @@ class ProbeConstant(_Probe):
     return one, one, obs
 
 
-class ProbeObsReward(_Probe):
+class ProbeObsReward(_ValueProbe):
   """ProbeObsReward-v0: obs [1] is -1 or +1 (equally likely), reward = obs, 1-step episodes.
 
   Closed form: V(obs) = obs. The action is ignored. Success 1 at every (final) step.
@@ -137,21 +141,6 @@ class ProbeObsReward(_Probe):
   _NAME = "ProbeObsReward"
   episode_length = 1
 
-  @staticmethod
-  def default_config() -> ml_collections.ConfigDict:
-    return _value_config()
-
-  def __init__(self, **overrides: Any):
-    super().__init__(self.default_config(), overrides)
-
-  @property
-  def observation_size(self) -> int:
-    return 1
-
-  @property
-  def action_size(self) -> int:
-    return int(self.config.action_dim)
-
   def _first_obs(self, key: Array) -> Array:
     return jnp.where(jax.random.bernoulli(key), 1.0, -1.0)[None]
 
@@ -159,7 +148,7 @@ class ProbeObsReward(_Probe):
     return obs[0], jnp.ones(()), obs
 
 
-class ProbeDiscount(_Probe):
+class ProbeDiscount(_ValueProbe):
   """ProbeDiscount-v0: 2-step episodes; obs [1] is the step index (0, then 1); reward 0
   after the first step and 1 after the second (which terminates).
 
@@ -169,21 +158,6 @@ class ProbeDiscount(_Probe):
 
   _NAME = "ProbeDiscount"
   episode_length = 2
-
-  @staticmethod
-  def default_config() -> ml_collections.ConfigDict:
-    return _value_config()
-
-  def __init__(self, **overrides: Any):
-    super().__init__(self.default_config(), overrides)
-
-  @property
-  def observation_size(self) -> int:
-    return 1
-
-  @property
-  def action_size(self) -> int:
-    return int(self.config.action_dim)
 
   def _first_obs(self, key: Array) -> Array:
     return jnp.zeros((1,))
