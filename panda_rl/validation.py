@@ -205,8 +205,8 @@ def _obs_spec(env: Any) -> Any:
   return jax.eval_shape(env.unwrapped.reset, jax.random.PRNGKey(0)).obs
 
 
-def _env_pair_problems(train_env: Any, eval_env: Any) -> List[str]:
-  obs_t, eval_obs_t = _obs_spec(train_env), _obs_spec(eval_env)
+def _env_pair_problems(train_env: Any, eval_env: Any, obs_t: Any) -> List[str]:
+  eval_obs_t = _obs_spec(eval_env)
   same = (jax.tree.structure(obs_t) == jax.tree.structure(eval_obs_t) and all(
       a.shape == b.shape and a.dtype == b.dtype
       for a, b in zip(jax.tree.leaves(obs_t), jax.tree.leaves(eval_obs_t))))
@@ -248,7 +248,8 @@ def check(config: Any, devices: Optional[Any] = None) -> Setup:
     except ConfigError as e:
       problems.append(str(e))
   if "train" in envs and "eval" in envs:
-    problems += _env_pair_problems(envs["train"], envs["eval"])
+    obs_spec = _obs_spec(envs["train"])  # traced once: the pair check and the trainer
+    problems += _env_pair_problems(envs["train"], envs["eval"], obs_spec)
   _raise(problems)  # the algorithm and placement checks below read these fields
   algorithm = agents.make(config)
   problems += algorithm.env_problems(config, envs["train"])
@@ -258,4 +259,4 @@ def check(config: Any, devices: Optional[Any] = None) -> Setup:
   except PlacementError as e:
     placement_problems = [str(e)]
   _raise(problems, placement_problems)
-  return Setup(algorithm, envs["train"], envs["eval"], placement, _obs_spec(envs["train"]))
+  return Setup(algorithm, envs["train"], envs["eval"], placement, obs_spec)
