@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from panda_rl.distributed import initialize_distributed
+from panda_rl.distributed import host_name, initialize_distributed
 from panda_rl.config import PlacementError
 
 Array = jax.Array
@@ -288,6 +288,33 @@ class Placement:
             f"process{'es' if jax.process_count() > 1 else ''})")
 
 
+  def table(self) -> str:
+    """Where every component runs: component, global device ids, and for each run of them
+    on one process its host, local ids and device kind (process 0 logs it at start)."""
+    rows = [("component", "global ids", "process", "host", "local ids", "device kind")]
+    for c in COMPONENTS:
+      runs: List[List[Any]] = []  # [process, kind, global ids, local ids]
+      for i in self.groups[c]:
+        d = self.devices[i]
+        local = getattr(d, "local_hardware_id", None)
+        local = _local_id(d, self.devices) if local is None else local
+        if runs and runs[-1][:2] == [d.process_index, d.device_kind]:
+          runs[-1][2].append(i)
+          runs[-1][3].append(local)
+        else:
+          runs.append([d.process_index, d.device_kind, [i], [local]])
+      for proc, kind, ids, local_ids in runs:
+        rows.append((c, _fmt_range(ids), str(proc), host_name(proc), _fmt_range(local_ids),
+                     kind))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _local_id(device, devices) -> int:
+  """Index of ``device`` among its process's devices (CPU devices have no hardware id)."""
+  return [d for d in devices if d.process_index == device.process_index].index(device)
+
+
 def _problems(groups: Mapping[str, Tuple[int, ...]], num_envs: int, num_steps: int,
               num_minibatches: int, stages: int, block: int) -> List[str]:
   """Everything about sizes and overlaps that cannot work, as messages."""
@@ -323,33 +350,6 @@ def _problems(groups: Mapping[str, Tuple[int, ...]], num_envs: int, num_steps: i
   return out
 
 
-def _exchanges(groups: Mapping[str, Tuple[int, ...]]) -> List[Tuple[str, str]]:
-  pairs = [("actor", "rollout"), ("rollout", "actor"), ("env", "actor")]
-  if groups["env"] != groups["rollout"]:
-    pairs += [("env", "rollout"), ("rollout", "env")]
-  return [(a, b) for a, b in pairs if groups[a] != groups[b]]
-
-
-def _cross_process_problems(groups) -> List[str]:
-  """Multi-process runs: transfers between different device sets need backend support."""
-  if jax.process_count() == 1:
-    return []
-  bad = _exchanges(groups)
-  if not bad:
-    return []
-  from jax.extend import backend as jex_backend
-
-  backend = jex_backend.get_backend()
-  same_sizes = all(len(groups[a]) == len(groups[b]) for a, b in bad)
-  if getattr(backend, "supports_cross_host_transfers", False) and same_sizes:
-    return []
-  return [f"{jax.process_count()} processes: the {backend.platform} backend cannot copy "
-          "arrays between device groups that span processes (" + ", ".join(
-              f"{a}->{b}" for a, b in bad) + "). Use the same range for every component on "
-          "a multi-host run (e.g. 'env,rollout,actor:all'), or groups of equal size on a "
-          "backend with cross-host transfers"]
-
-
 def from_config(config: Any, devices: Optional[Sequence[Any]] = None,
                 stage_block: int = 1) -> Placement:
   """Reads ``cluster.*`` and ``rollout.pipeline_stage_num`` into a validated Placement.
@@ -374,7 +374,6 @@ def from_config(config: Any, devices: Optional[Sequence[Any]] = None,
   num_envs = int(config.env.train.num_envs)
   problems = _problems(groups, num_envs, int(config.rollout.num_steps),
                        int(config.algorithm.num_minibatches), int(stages), block)
-  problems += _cross_process_problems(groups)
   if problems:
     raise PlacementError(
         f"Placement cluster.component_placement={spec!r} with rollout.pipeline_stage_num="

@@ -44,6 +44,8 @@ import jax.numpy as jnp
 
 from panda_rl import rollout as rollout_lib
 from panda_rl.placement import Placement
+from panda_rl import transfer
+from panda_rl.transfer import Mover
 
 Array = jax.Array
 
@@ -104,6 +106,19 @@ class SingleProgram:
   def iteration(self, state: Any) -> Tuple[Any, Dict[str, Array]]:
     return self._iteration(state)
 
+  def fetch(self, tree: Any) -> Any:
+    """Host (numpy) values of ``tree``, on every process (all of them call it)."""
+    return jax.device_get(tree)
+
+  def to_checkpoint(self, state: Any) -> Any:
+    return state
+
+  def checkpoint_target(self, key: Array) -> Any:
+    return self.abstract_state(key)
+
+  def from_checkpoint(self, state: Any) -> Any:
+    return state
+
   def compile(self, state: Any) -> Tuple[Callable, Optional[float]]:
     t0 = time.perf_counter()
     compiled = self._iteration.lower(state).compile()
@@ -112,10 +127,12 @@ class SingleProgram:
 
 class StagedPrograms:
   """Groups on different devices: rollout and update are separate programs joined by
-  ``jax.device_put`` transfers (see the module docstring)."""
+  transfers (:class:`panda_rl.transfer.Mover`: ``jax.device_put`` on one process,
+  collective programs across processes; see the module docstring)."""
 
-  def __init__(self, fns: IterationFns, placement: Placement):
+  def __init__(self, fns: IterationFns, placement: Placement, transfer: str = "auto"):
     self.fns, self.placement = fns, placement
+    self.move = Mover(transfer)
     pl = placement
     abstract = jax.eval_shape(fns.init, jax.random.PRNGKey(0))
     # Init runs wholly on the actor devices (env batch sharded there too), then the env
@@ -190,13 +207,31 @@ class StagedPrograms:
 
   def init(self, key: Array) -> Any:
     state = self._init_actor(key)
-    return state.replace(env_state=jax.device_put(state.env_state,
-                                                  self.state_shardings.env_state))
+    return state.replace(env_state=self.move(state.env_state, self.state_shardings.env_state))
 
   def abstract_state(self, key: Array) -> Any:
     abstract = jax.eval_shape(self._init_actor, key)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract, self.state_shardings)
+
+  def fetch(self, tree: Any) -> Any:
+    """Host (numpy) values of ``tree`` on every process (all of them call it)."""
+    return transfer.fetch(tree, self.move)
+
+  # Checkpoints hold arrays that reach every process (orbax writes each process's shards):
+  # leaves of a group that lives on some processes only are copied out for the save and
+  # back after the restore. On one process these are no-ops.
+
+  def to_checkpoint(self, state: Any) -> Any:
+    return self.move(state, jax.tree.map(transfer.global_sharding, state))
+
+  def checkpoint_target(self, key: Array) -> Any:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=transfer.global_sharding(x)),
+        self.abstract_state(key))
+
+  def from_checkpoint(self, state: Any) -> Any:
+    return self.move(state, self.state_shardings)
 
   def compile(self, state: Any) -> Tuple[Callable, Optional[float]]:
     # Several programs, compiled on first use: the first iteration's time includes them.
@@ -208,15 +243,15 @@ class StagedPrograms:
     keys = self._keys(state.key)
     env_state = state.env_state
     if self._start is not None:
-      env_state = self._start(env_state, jax.device_put(keys.reset, self.rep_e))
+      env_state = self._start(env_state, self.move(keys.reset, self.rep_e))
     # params -> rollout devices (a no-op when rollout and actor share their devices).
-    params, normalizer, k_rollout = jax.device_put(
+    params, normalizer, k_rollout = self.move(
         (state.params, state.normalizer, keys.rollout), self.rep_r)
     if self.placement.fused_rollout:
       env_state, traj = self._rollout(params, normalizer, env_state, k_rollout)
     else:
       env_state, traj = self._stepped_rollout(params, normalizer, env_state, k_rollout)
-    traj = jax.device_put(traj, self.traj_actor)  # trajectories -> actor devices
+    traj = self.move(traj, self.traj_actor)  # trajectories -> actor devices
     learner, metrics = self._learn(state.replace(env_state=None), traj, keys.next,
                                    keys.update)
     return learner.replace(env_state=env_state), metrics
@@ -227,15 +262,15 @@ class StagedPrograms:
     s+1's inference does (pipelining)."""
     k = self.placement.pipeline_stages
     states = list(self._split_env(env_state))
-    obs = [jax.device_put(s.obs, self.roll_batch) for s in states]
+    obs = [self.move(s.obs, self.roll_batch) for s in states]
     env_records, roll_records = [], []
     for t in range(self.fns.num_steps):
       env_t, roll_t = [], []
       for s in range(k):
         action, log_prob, value = self._act(params, normalizer, obs[s], k_rollout, t, s)
-        states[s], record, to_rollout = self._env_step(
-            states[s], jax.device_put(action, self.env_batch))
-        obs[s], final_obs = jax.device_put(to_rollout, self.roll_batch)
+        states[s], record, to_rollout = self._env_step(states[s],
+                                                       self.move(action, self.env_batch))
+        obs[s], final_obs = self.move(to_rollout, self.roll_batch)
         boot = self._bootstrap(params, normalizer, final_obs)
         env_t.append(record)
         roll_t.append(dict(action=action, log_prob=log_prob, value=value,
@@ -243,13 +278,15 @@ class StagedPrograms:
       env_records.append(env_t)
       roll_records.append(roll_t)
     env_part = self._assemble_env(env_records)
-    roll_part = jax.device_put(self._assemble_roll(roll_records), self.traj_env)
+    roll_part = self.move(self._assemble_roll(roll_records), self.traj_env)
     traj = rollout_lib.Transition(**env_part, **roll_part)
     return self._merge_env(states), traj
 
 
-def build(fns: IterationFns, placement: Placement) -> Any:
-  """The programs that run iterations of ``fns`` under ``placement``."""
+def build(fns: IterationFns, placement: Placement, transfer: str = "auto") -> Any:
+  """The programs that run iterations of ``fns`` under ``placement``; ``transfer`` is the
+  :class:`panda_rl.transfer.Mover` method between groups ("auto", "device_put",
+  "collective")."""
   if placement.single_device or placement.collocated:
     return SingleProgram(fns, placement)
-  return StagedPrograms(fns, placement)
+  return StagedPrograms(fns, placement, transfer)

@@ -62,8 +62,8 @@ class TrainResult:
   checkpoint_step: Optional[int]
 
 
-def _host(metrics: Mapping[str, Any]) -> Dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+def _host(trainer, metrics: Mapping[str, Any]) -> Dict[str, float]:
+  return {k: float(v) for k, v in trainer.fetch(dict(metrics)).items()}
 
 
 def _eval_key(seed: int, iteration: int) -> jax.Array:
@@ -116,7 +116,9 @@ def initial_state(trainer, config, ckpt: Checkpointer, key: jax.Array, say):
     return trainer.init(key)
   # The restore target carries the placement's shardings: orbax reads each process's shards
   # straight onto its devices.
-  state, saved_config, step = ckpt.restore(trainer.abstract_state(key), current_config=config)
+  state, saved_config, step = ckpt.restore(trainer.checkpoint_target(key),
+                                           current_config=config)
+  state = trainer.from_checkpoint(state)
   diff = config_diff(saved_config, config, ignore=RESUME_FREE_FIELDS)
   if diff:
     say("Resuming with config changes (checkpoint -> now):\n  " + "\n  ".join(diff))
@@ -250,7 +252,7 @@ class _Run:
     """(state, first iteration to run): restores or initialises, opens the loggers."""
     state = initial_state(self.trainer, self.config, self.ckpt,
                           jax.random.PRNGKey(self.r.seed), self.say)
-    start = int(jax.device_get(state.iteration))
+    start = int(self.trainer.fetch(state.iteration))
     self.last_saved = self.ckpt.latest_step()
     self.logger = make_logger(self.config, self.workdir,
                               purge_step=start + 1 if start > 0 else None)
@@ -260,6 +262,7 @@ class _Run:
           json.dumps(config_to_dict(self.config), indent=2))
     if not self.trainer.placement.single_device:
       self.say(self.trainer.placement.describe())
+      self.say(self.trainer.placement.table())
     return state, start
 
   def train(self) -> TrainResult:
@@ -271,15 +274,15 @@ class _Run:
       return TrainResult(state, {}, {}, self.workdir, self.last_saved)
     t_start = time.perf_counter()
     step_fn, compile_s = self.trainer.compile_iteration(state)
-    env_steps = int(jax.device_get(state.env_steps))
+    env_steps = int(self.trainer.fetch(state.env_steps))
     self.pbar = _progress(r.max_epochs, start)
     metrics: Dict[str, float] = {}
     done = start
     for done in range(start + 1, r.max_epochs + 1):
       t0 = time.perf_counter()
       state, device_metrics = step_fn(state)
-      metrics = _host(device_metrics)  # blocks until the iteration has finished
-      steps_before, env_steps = env_steps, int(jax.device_get(state.env_steps))
+      metrics = _host(self.trainer, device_metrics)  # blocks until the iteration has finished
+      steps_before, env_steps = env_steps, int(self.trainer.fetch(state.env_steps))
       self._timing(metrics, time.perf_counter() - t0, env_steps - steps_before, env_steps,
                    t_start, compile_s if done == start + 1 else False)
       self._after_iteration(state, metrics, done, env_steps)
@@ -340,7 +343,7 @@ class _Run:
   def _evaluate(self, state, done: int, env_steps: int) -> Dict[str, float]:
     key = _eval_key(self.r.seed, done)
     t0 = time.perf_counter()
-    out = _host(self.trainer.evaluate(state, key))
+    out = _host(self.trainer, self.trainer.evaluate(state, key))
     out[M.EVAL_S] = time.perf_counter() - t0  # the first evaluation includes its compile
     if self.record_video is not None and jax.process_index() == 0:
       out.update(self.record_video.safe_record(self.trainer, state, key, done))
@@ -352,7 +355,7 @@ class _Run:
   def _save(self, state, done: int, env_steps: int) -> None:
     meta = dict(self.trainer.checkpoint_meta(), iteration=done, env_steps=env_steps,
                 panda_rl_version=panda_rl.__version__)
-    self.ckpt.save(done, state, self.config, meta=meta)
+    self.ckpt.save(done, self.trainer.to_checkpoint(state), self.config, meta=meta)
     self.last_saved = done
     self.logger.flush()  # a killed run keeps every scalar up to its last checkpoint
 

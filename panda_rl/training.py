@@ -123,6 +123,21 @@ class Trainer:
     replicated on the actor's)."""
     return self.programs.init(key)
 
+  def fetch(self, tree: Any) -> Any:
+    """Host values of device arrays, on every process (all processes call it together)."""
+    return self.programs.fetch(tree)
+
+  def to_checkpoint(self, state: TrainState) -> TrainState:
+    """The state as a checkpoint holds it (every array reaching every process)."""
+    return self.programs.to_checkpoint(state)
+
+  def checkpoint_target(self, key: Array) -> Any:
+    """Restore target: :meth:`to_checkpoint`'s shardings; then :meth:`from_checkpoint`."""
+    return self.programs.checkpoint_target(key)
+
+  def from_checkpoint(self, state: Any) -> TrainState:
+    return self.programs.from_checkpoint(state)
+
   def abstract_state(self, key: Array) -> Any:
     """``jax.ShapeDtypeStruct``s (with shardings) of :meth:`init`'s state: a restore target."""
     return self.programs.abstract_state(key)

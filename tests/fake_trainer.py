@@ -17,6 +17,18 @@ class RunLoopTrainer:
   def abstract_state(self, key):
     return jax.eval_shape(self.init, key)
 
+  def fetch(self, tree):
+    return jax.device_get(tree)
+
+  def to_checkpoint(self, state):
+    return state
+
+  def from_checkpoint(self, state):
+    return state
+
+  def checkpoint_target(self, key):
+    return self.abstract_state(key)
+
   def checkpoint_meta(self):
     return {"observation_size": self.env.observation_size,
             "action_size": self.env.action_size}
