@@ -25,19 +25,23 @@ How a placement maps onto ``jax.sharding`` (one 1-D mesh, axis ``"batch"``, per 
   Under ``jax.jit`` with a sharded batch and replicated parameters, XLA's SPMD partitioner
   computes each device's part of the loss and inserts the all-reduce that averages the
   gradients (and the metric means) over the actor devices; no hand-written ``psum``.
-* **transfers** between groups are explicit ``jax.device_put``\\s to the target sharding,
-  and only where the groups' devices differ: parameters + normaliser to the rollout
-  devices once per iteration (after the update), trajectories to the actor devices once
-  per rollout, and, when env and rollout are on different devices, each step's actions
-  (rollout -> env) and observations (env -> rollout).
+* **transfers** between groups are explicit copies to the target sharding
+  (:class:`panda_rl.transfer.Mover`: ``jax.device_put`` on one process, a collective
+  program over both groups' devices across processes), and only where the groups' devices
+  differ: parameters + normaliser to the rollout devices once per iteration (after the
+  update), trajectories to the actor devices once per rollout, and, when env and rollout
+  are on different devices, each step's actions (rollout -> env) and observations
+  (env -> rollout).
 
 The programs that run an iteration under a placement (one fused program when collocated,
 rollout and update programs joined by transfers otherwise, pipelining) are built by
 :mod:`panda_rl.programs` from the trainer's pure functions.
 
 Multi-host (``cluster.num_nodes > 1``): :func:`panda_rl.distributed.initialize_distributed` starts
-``jax.distributed``; every process runs the same program over the global devices; only
-process 0 logs; orbax writes checkpoints from all processes (each its own shards).
+``jax.distributed``; every process runs the same programs over the global devices, in the
+same order; groups may span processes or live on some of them only; only process 0 logs
+(:meth:`Placement.table` first); orbax writes checkpoints from all processes (each its own
+shards).
 """
 
 from __future__ import annotations
@@ -48,7 +52,6 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 

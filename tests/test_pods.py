@@ -203,6 +203,7 @@ def _child_resume(out, pid, nproc, port, run_dir, epochs, dump):
 def _child_stop(run_dir, pid, nproc, port, lost=False):
   """A run of the separated example, to be stopped by a signal (``lost``: a long one with a
   short heartbeat timeout, one of whose processes gets killed)."""
+  from panda_rl import transfer
   from panda_rl.runner import train_and_evaluate
 
   spec, stages = EXAMPLES["separated"]
@@ -210,7 +211,7 @@ def _child_stop(run_dir, pid, nproc, port, lost=False):
   result = train_and_evaluate(pod_config("ppo", spec, stages, nproc, pid, port, **{
       "runner.max_epochs": ITERATIONS, "runner.save_interval": 0,
       "runner.val_check_interval": 0, **extra}), Path(run_dir))
-  print(f"stopped at {int(jax.device_get(result.state.iteration))}", flush=True)
+  print(f"stopped at {int(transfer.fetch(result.state.iteration))}", flush=True)
   jax.distributed.shutdown()
 
 
