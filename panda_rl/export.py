@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 FORMATS = ("onnx",)
-INSTALL_HINT = "pip install 'panda_rl[export]'  (jax2onnx and onnxruntime)"
+INSTALL_HINT = ("pip install 'panda_rl[export]' (from a checkout: pip install -e '.[export]'), "
+                "which installs jax2onnx and onnxruntime")
 ACTION_NAMES = ("dx", "dy", "dz", "grip")  # the pick-cube envs' action components
 CHECK_OBSERVATIONS = 64  # random observations compared at export time
 

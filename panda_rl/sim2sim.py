@@ -38,6 +38,7 @@ class Trajectories(NamedTuple):
     tcp: [T, N, 3] TCP position after each step (frozen after the episode's end).
     target: [T, N, 3] the controller target of each step.
     alive: [T, N] bool, the step belongs to the episode.
+    step_success: [T, N] bool, ``success`` after each step.
     qpos0: [N, nq] initial states.
   """
 
@@ -46,6 +47,7 @@ class Trajectories(NamedTuple):
   tcp: np.ndarray
   target: np.ndarray
   alive: np.ndarray
+  step_success: np.ndarray
   qpos0: np.ndarray
 
 
@@ -71,7 +73,7 @@ def scripted_policy() -> Callable[[Any], Any]:
 
 def c_episodes(envs: List[Any], policy: Callable[[Any], Any],
                qpos0: Optional[np.ndarray] = None, seed: int = 0,
-               on_step: Optional[Callable[[int], None]] = None) -> Trajectories:
+               on_frame: Optional[Callable[[List[Any]], None]] = None) -> Trajectories:
   """One episode of ``policy`` on each C MuJoCo env, in lockstep.
 
   Args:
@@ -79,7 +81,8 @@ def c_episodes(envs: List[Any], policy: Callable[[Any], Any],
     policy: obs batch (flat [N, 10] or the vision dict) -> actions [N, 4].
     qpos0: [N, nq] initial states (e.g. from :func:`mjx_episodes`); None: env ``i`` resets
       from its own RNG seeded with ``seed + i``.
-    on_step: called with the step index after every step (e.g. to record video frames).
+    on_frame: called with ``envs`` after the reset and after every step (e.g. to render
+      video frames); an env whose episode has ended keeps its last state.
   """
   n, cls = len(envs), type(envs[0])
   flat = np.stack([env.reset_to(qpos0[i], observe=False) if qpos0 is not None
@@ -88,9 +91,11 @@ def c_episodes(envs: List[Any], policy: Callable[[Any], Any],
   start = np.stack([env.data.qpos.copy() for env in envs])
   steps = int(envs[0].config.episode_length)
   tcp, target = np.zeros((steps, n, 3)), np.zeros((steps, n, 3))
-  alive = np.zeros((steps, n), bool)
-  success, length = np.zeros(n, bool), np.zeros(n, np.int64)
+  alive, step_success = np.zeros((steps, n), bool), np.zeros((steps, n), bool)
+  length = np.zeros(n, np.int64)
   live = np.ones(n, bool)
+  if on_frame is not None:
+    on_frame(envs)
   for t in range(steps):
     if not live.any():
       tcp[t:], target[t:] = tcp[t - 1], target[t - 1]
@@ -99,15 +104,16 @@ def c_episodes(envs: List[Any], policy: Callable[[Any], Any],
     for i in np.flatnonzero(live):
       result = envs[i].step(actions[i], observe=False)
       flat[i] = result.obs
-      success[i] |= result.metrics["success"] > 0
+      step_success[t, i] = result.metrics["success"] > 0
       length[i] += 1
       alive[t, i] = True
       live[i] = not result.done
     tcp[t] = [env.tcp() for env in envs]
     target[t] = [env.target for env in envs]
-    if on_step is not None:
-      on_step(t)
-  return Trajectories(success, length, tcp, target, alive, start)
+    if on_frame is not None:
+      on_frame(envs)
+  return Trajectories(step_success.any(axis=0), length, tcp, target, alive, step_success,
+                      start)
 
 
 def mjx_episodes(env: Any, policy: Callable[[Any], Any], num_episodes: int, key: Any,
@@ -125,7 +131,7 @@ def mjx_episodes(env: Any, policy: Callable[[Any], Any], num_episodes: int, key:
   def run(k):
     eps, initial, rec = evaluation.run_episodes(
         env, policy, k, batch, num_steps=steps,
-        record=lambda s: (tcp_of(s), s.info["target"], s.done))
+        record=lambda s: (tcp_of(s), s.info["target"], s.metrics["success"]))
     return eps.success, eps.length, rec, initial.data.qpos
 
   run = jax.jit(run)
@@ -138,7 +144,8 @@ def mjx_episodes(env: Any, policy: Callable[[Any], Any], num_episodes: int, key:
   target = cut([p[2][1] for p in parts], 1)[:, :num_episodes]
   qpos0 = cut([p[3] for p in parts], 0)[:num_episodes]
   alive = np.arange(steps)[:, None] < length[None, :]
-  return Trajectories(success, length, tcp, target, alive, qpos0)
+  step_success = (cut([p[2][2] for p in parts], 1)[:, :num_episodes] > 0) & alive
+  return Trajectories(success, length, tcp, target, alive, step_success, qpos0)
 
 
 def _tracking(tr: Trajectories) -> float:
@@ -187,6 +194,6 @@ def compare(env_id: str, overrides: Dict[str, Any], policy: Callable[[Any], Any]
 
 def concat(parts: List[Trajectories]) -> Trajectories:
   """Trajectories of consecutive env batches as one."""
-  per_step = ("tcp", "target", "alive")  # [T, N, ...]: the env axis is 1
+  per_step = ("tcp", "target", "alive", "step_success")  # [T, N, ...]: the env axis is 1
   return Trajectories(*(np.concatenate(xs, axis=1 if name in per_step else 0)
                         for name, xs in zip(Trajectories._fields, zip(*parts))))

@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_policy_checkpoint(run_dir, config_name="mujoco_ppo_mlp.py", overrides=(), step=3,
-                            seed=0):
-  """Writes ``run_dir/checkpoints/<step>``; returns (run_dir, config)."""
+                            seed=0, action_gain=100.0):
+  """Writes ``run_dir/checkpoints/<step>``; returns (run_dir, config).
+
+  ``action_gain`` scales the mean head's kernel (initialised small, so that every action
+  would be ~0): with it the actions spread over [-1, 1] and some saturate at the clip.
+  """
   config = load_config(str(REPO / "configs" / config_name), list(overrides))
   env = panda_rl.make(config.env.train.env_id,
                       **{k: v for k, v in config.env.train.overrides.items()
@@ -29,6 +33,8 @@ def write_policy_checkpoint(run_dir, config_name="mujoco_ppo_mlp.py", overrides=
   k_init, k_obs = jax.random.split(jax.random.PRNGKey(seed))
   net = networks.make_networks(config.actor.model, env.action_size, with_value=False)
   params = {"policy": net.init(k_init, one)["policy"]}
+  mean = params["policy"]["mean"]
+  params["policy"]["mean"] = dict(mean, kernel=mean["kernel"] * action_gain)
   # Statistics of some random observations: a real normaliser changes the actions.
   batch = jax.tree.map(
       lambda x: (jax.random.uniform(k_obs, (64,) + x.shape, minval=-0.5, maxval=1.0) * 3
