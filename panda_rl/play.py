@@ -205,7 +205,8 @@ def main(argv) -> None:
     if f.episodes is None and not f.video and not f.headless and has_display():
       run_viewer(s, f.seed)
       return
-    traj, paths = run_headless(s, f.episodes or DEFAULT_EPISODES, f.seed, f.video,
+    episodes = DEFAULT_EPISODES if f.episodes is None else f.episodes
+    traj, paths = run_headless(s, episodes, f.seed, f.video,
                                f.num_videos, f.video_dir, f.video_resolution)
   except (CheckpointError, ValueError, OSError) as e:
     fail("panda_rl.play", e)

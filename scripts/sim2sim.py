@@ -32,7 +32,8 @@ def _policies(args):
     policy = panda_rl.load_policy(ckpt, deterministic=True)
     env_id, overrides = eval_env_settings(policy.config)
     batch = args.batch or int(policy.config.env.eval.num_envs)
-    yield f"{ckpt} (step {policy.step})", env_id, dict(overrides), policy, batch
+    name = f"{policy.config.runner.logger.experiment_name} (step {policy.step})"
+    yield name, env_id, dict(overrides), policy, batch
 
 
 def table(rows) -> str:

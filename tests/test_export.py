@@ -55,7 +55,7 @@ def test_the_cli_writes_an_onnx_policy_that_matches_jax(cli_env, state_run):
   assert "max |action difference|" in proc.stdout
   actions = _matches_jax(state_run, state_run / "policy.onnx", seed=1)
   # A meaningful comparison: actions spread over the range, some clipped.
-  assert (np.abs(actions) == 1.0).mean() > 0.05 and (np.abs(actions) < 0.9).mean() > 0.2
+  assert (np.abs(actions) == 1.0).mean() > 0.01 and (np.abs(actions) < 0.9).mean() > 0.2
 
 
 def test_the_sidecar_describes_inputs_outputs_control_and_config(state_run):

@@ -70,20 +70,26 @@ def test_a_vision_checkpoint_plays_on_rendered_images(cli_env, tmp_path):
 
 
 def test_user_errors_exit_2_with_one_line(cli_env, tmp_path):
-  reach, _ = write_policy_checkpoint(
-      tmp_path / "reach", overrides=["env.train.env_id=PointReach-v0",
-                                     "env.train.overrides={}"])
-  cases = [
-      ([], "give --checkpoint DIR"),
-      ([f"--checkpoint={tmp_path / 'missing'}"], "CheckpointError"),
-      (["--policy=scripted", "--env=PandaPickCubeVision-v0"], "reads the cube position"),
-      ([f"--checkpoint={reach}"], "no C MuJoCo version"),
-      (["--policy=scripted", "--episodes=0"], "--episodes must be >= 1"),
-  ]
-  for args, message in cases:
+  for args, message in [([], "give --checkpoint DIR"),
+                        ([f"--checkpoint={tmp_path / 'missing'}"], "CheckpointError")]:
     proc = _run(cli_env, "panda_rl.play", "--headless", *args)
     assert proc.returncode == 2, (args, proc.stderr)
     assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_what_cannot_be_played_is_refused_before_running(tmp_path):
+  reach, _ = write_policy_checkpoint(
+      tmp_path / "reach", overrides=["env.train.env_id=PointReach-v0",
+                                     "env.train.overrides={}"])
+  with pytest.raises(ValueError, match="no C MuJoCo version"):
+    play.setup("checkpoint", str(reach), None, "PandaPickCube-v0")
+  with pytest.raises(ValueError, match="reads the cube position"):
+    play.setup("scripted", None, None, "PandaPickCubeVision-v0")
+  scripted = play.setup("scripted", None, None, "PandaPickCube-v0")
+  with pytest.raises(ValueError, match="--episodes must be >= 1"):
+    play.run_headless(scripted, 0, 0, False, 2, None, None)
+  with pytest.raises(ValueError, match="--num_videos must be >= 1"):
+    play.run_headless(scripted, 1, 0, True, 0, None, None)
 
 
 @pytest.mark.parametrize("platform,env,expected", [
