@@ -150,6 +150,9 @@ def run_viewer(s: Setup, seed: int) -> None:  # pragma: no cover (needs a displa
   dt = float(env.config.ctrl_dt)
   episode, obs, success = 0, env.reset(seed=seed), False
   with mujoco.viewer.launch_passive(env.model, env.data) as viewer:
+    with viewer.lock():  # look at the workspace from the front, a little from above
+      viewer.cam.lookat[:] = (0.4, 0.0, 0.15)
+      viewer.cam.distance, viewer.cam.azimuth, viewer.cam.elevation = 1.6, 180.0, -25.0
     while viewer.is_running():
       start = time.perf_counter()
       result = env.step(np.asarray(s.policy(_batch1(obs)))[0])
