@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 FORMATS = ("onnx",)
