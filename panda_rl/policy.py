@@ -89,7 +89,9 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
     pass the env's dict, every leaf with the same leading axes (e.g. ``front`` [B, H, W, 3]
     uint8, ``tcp_pos`` [B, 3], ``instruction`` [B, L]); the network (``actor.model.encoder``)
     is rebuilt from the saved config. The function carries ``.config`` (the saved
-    ConfigDict), ``.step`` and ``.action_size`` attributes.
+    ConfigDict), ``.step`` and ``.action_size`` attributes, and ``.apply``, ``.params``
+    and ``.normalizer`` (``policy(obs, key) == apply(params, normalizer, obs, key)``, the
+    pure :func:`act_fn`; what an exporter traces with the parameters as constants).
   """
   from panda_rl import normalizer as norm_lib
   from panda_rl.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_path
@@ -129,4 +131,7 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
   policy.step = step
   policy.action_size = action_size
   policy.deterministic = deterministic
+  policy.apply = apply
+  policy.params = policy_params
+  policy.normalizer = stats
   return policy
