@@ -27,6 +27,7 @@ import jax
 import ml_collections
 
 import panda_rl
+from panda_rl import compile_cache
 from panda_rl import metrics as M
 from panda_rl import training
 from panda_rl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, CheckpointError
@@ -207,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       damaged or does not fit the config.
     TrainingDivergedError: the loss became NaN; the last good checkpoint is untouched.
   """
+  t_enter = time.perf_counter()
   check_backends(logger_backends(config))
   workdir = Path(workdir) if workdir is not None else run_dir(config)
   trainer = training.Trainer(config)  # validates the whole config first
@@ -214,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if record_video is not None:
     record_video.prepare(trainer)  # an eval env that cannot be rendered fails here
   ckpt = Checkpointer(workdir / CHECKPOINT_SUBDIR, max_to_keep=config.runner.max_to_keep)
-  run = _Run(config, trainer, ckpt, workdir, record_video)
+  run = _Run(config, trainer, ckpt, workdir, record_video, t_enter)
   try:
     return run.train()
   finally:
@@ -225,7 +227,7 @@ class _Run:
   """The host side of one training run: sequencing, timing, logging, evaluation, saving."""
 
   def __init__(self, config, trainer, ckpt: Checkpointer, workdir: Path,
-               record_video: Optional[EvalVideos]):
+               record_video: Optional[EvalVideos], t_enter: float):
     self.config, self.r = config, config.runner
     self.trainer, self.ckpt, self.workdir = trainer, ckpt, workdir
     self.record_video = record_video
@@ -235,6 +237,7 @@ class _Run:
     self.eval_metrics: Dict[str, float] = {}
     self.success = float("nan")  # last finite env/success_once, for the progress bar
     self.preemption = Preemption()
+    self.t_enter = t_enter  # when train_and_evaluate was called
 
   def say(self, msg: str) -> None:
     _say(self.pbar, msg)
@@ -282,6 +285,8 @@ class _Run:
       steps_before, env_steps = env_steps, int(jax.device_get(state.env_steps))
       self._timing(metrics, time.perf_counter() - t0, env_steps - steps_before, env_steps,
                    t_start, compile_s if done == start + 1 else False)
+      if done == start + 1:
+        self._report_start(t_start - self.t_enter, compile_s, metrics[M.ITERATION_S])
       self._after_iteration(state, metrics, done, env_steps)
       if done < r.max_epochs and self.preemption.requested(done):
         self._stop_early(state, done, env_steps)
@@ -299,6 +304,20 @@ class _Run:
     self.say(f"{self.preemption.received}: stopped after iteration {done}/{self.r.max_epochs} "
              f"with checkpoint step {done} in {self.ckpt.directory}; continue with "
              "--config.runner.resume=True.")
+
+  def _report_start(self, setup_s: float, compile_s: Optional[float],
+                    iteration_s: float) -> None:
+    """One line: how long the run took to reach its first iteration, and where JAX's
+    persistent compilation cache is (a second run of the same config reads it)."""
+    where = compile_cache.cache_dir()
+    cache = f"compilation cache {where}" if where else "no persistent compilation cache"
+    if compile_s is None:  # several programs compiled on first use: in the iteration
+      parts = f"setup {setup_s:.1f}s; {cache}"
+      started = setup_s
+    else:
+      parts = f"setup {setup_s:.1f}s, compile {compile_s:.1f}s; {cache}"
+      started = setup_s + compile_s
+    self.say(f"Started in {started:.1f}s ({parts}); first iteration {iteration_s:.1f}s.")
 
   @staticmethod
   def _timing(metrics, dt: float, steps: int, env_steps: int, t_start: float, compile_s):
