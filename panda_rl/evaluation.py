@@ -105,6 +105,23 @@ def summary(episodes: Episodes) -> Dict[str, Array]:
           M.EVAL_RETURN: jnp.mean(episodes.ret), M.EVAL_EPISODE_LEN: jnp.mean(episodes.length)}
 
 
+def episodes_program(env: Env, policy: Callable[[Any], Array], num_envs: int
+                     ) -> Callable[[Array], Episodes]:
+  """Jitted ``key -> Episodes`` of :func:`run_episodes`.
+
+  A policy with ``.params`` and ``.apply(params, obs)`` (``panda_rl.load_policy``'s) gets its
+  parameters as an argument of the program, not as constants in it: every checkpoint of a
+  config then runs one program, compiled once (and read from JAX's persistent compilation
+  cache by later processes).
+  """
+  params = getattr(policy, "params", None)
+  if params is None or not hasattr(policy, "apply"):
+    return jax.jit(lambda k: run_episodes(env, policy, k, num_envs)[0])
+  run = jax.jit(lambda p, k: run_episodes(env, lambda obs: policy.apply(p, obs), k,
+                                          num_envs)[0])
+  return lambda k: run(params, k)
+
+
 def evaluate_policy(env: Env, policy: Callable[[Any], Array], num_episodes: int,
                     key: Array, num_envs: Optional[int] = None) -> Dict[str, float]:
   """Runs ``num_episodes`` episodes of ``policy`` in batches of ``num_envs`` (default: all).
@@ -118,7 +135,7 @@ def evaluate_policy(env: Env, policy: Callable[[Any], Array], num_episodes: int,
   if num_episodes < 1:
     raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
   batch = min(num_episodes, int(num_envs or num_episodes))
-  run = jax.jit(lambda k: run_episodes(env, policy, k, batch)[0])
+  run = episodes_program(env, policy, batch)
   parts = [jax.device_get(run(jax.random.fold_in(key, i)))
            for i in range(math.ceil(num_episodes / batch))]
   success, ret, length = (np.concatenate(x)[:num_episodes] for x in zip(*parts))

@@ -89,7 +89,8 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
     pass the env's dict, every leaf with the same leading axes (e.g. ``front`` [B, H, W, 3]
     uint8, ``tcp_pos`` [B, 3], ``instruction`` [B, L]); the network (``actor.model.encoder``)
     is rebuilt from the saved config. The function carries ``.config`` (the saved
-    ConfigDict), ``.step`` and ``.action_size`` attributes.
+    ConfigDict), ``.step``, ``.action_size``, ``.params`` and ``.apply`` (``apply(params,
+    obs, key=None)``, the same function with the parameters as an argument) attributes.
   """
   from panda_rl import normalizer as norm_lib
   from panda_rl.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_path
@@ -125,6 +126,11 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
   def policy(obs, key=None):
     return jitted(policy_params, stats, obs, key)
 
+  # The same function with the parameters as an argument, ``apply(params, obs, key=None)``:
+  # a program that calls it (e.g. evaluation) is then the same for every checkpoint of a
+  # config instead of holding one checkpoint's values as constants.
+  policy.params = (policy_params, stats)
+  policy.apply = lambda params, obs, key=None: apply(*params, obs, key)
   policy.config = config
   policy.step = step
   policy.action_size = action_size
