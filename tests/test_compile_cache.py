@@ -1,8 +1,9 @@
 """JAX's persistent compilation cache, on by default (panda_rl/compile_cache.py): the per-user
 default directory, the override and the opt-out, a cache the user gave JAX left alone, and a
 second process of the same tiny training run (and `evaluate` of another checkpoint of it)
-reading every program from the cache instead of compiling it. No timing is asserted here;
-scripts/benchmark_startup.py measures the start times.
+reading every program from the cache instead of compiling it, and the traced programs from
+the program cache (panda_rl/program_cache.py) instead of tracing them. No timing is asserted
+here; scripts/benchmark_startup.py measures the start times.
 """
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from panda_rl import compile_cache
+from panda_rl import compile_cache, program_cache
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
@@ -115,7 +116,7 @@ class _Keep(logging.Handler):
 logging.getLogger("panda_rl").addHandler(_Keep())
 logging.getLogger("panda_rl").setLevel(logging.INFO)
 import panda_rl, jax
-from panda_rl import compile_cache
+from panda_rl import compile_cache, program_cache
 print("RESULT " + json.dumps({"dir": jax.config.jax_compilation_cache_dir,
                               "status": compile_cache.STATUS, "records": records}))
 """
@@ -156,16 +157,22 @@ def test_import_leaves_a_jax_cache_dir_from_the_environment(tmp_path):
 # --------------------------------------------------------------------------------------
 # A second process reads the programs from the cache.
 
-# Counts JAX's persistent-cache events while it trains or evaluates; prints them as JSON.
+# Counts JAX's persistent-cache events, and names the functions traced, while it trains or
+# evaluates; prints them as JSON.
 _COUNTED = """
 import json, sys
 from collections import Counter
 import panda_rl, jax
-counts = Counter()
+counts, traced = Counter(), Counter()
 jax.monitoring.register_event_listener(lambda event, **kw: counts.update([event]))
+def _traced(event, secs, fun_name="", **kw):
+  if event.endswith("jaxpr_trace_duration"):
+    traced.update([fun_name])
+jax.monitoring.register_event_duration_secs_listener(_traced)
 {body}
-print("COUNTS " + json.dumps({{k.rsplit("/", 1)[-1]: v for k, v in counts.items()
-                              if "compilation_cache" in k}}))
+out = {{k.rsplit("/", 1)[-1]: v for k, v in counts.items() if "compilation_cache" in k}}
+out["traced"] = traced
+print("COUNTS " + json.dumps(out))
 """
 
 _TRAIN = """
@@ -197,6 +204,10 @@ def _entries(cache):
   return sorted(p.name for p in Path(cache).glob("*-cache"))
 
 
+def _exported(cache):
+  return sorted(p.name for p in (Path(cache) / program_cache.SUBDIR).glob("*.exported"))
+
+
 def test_a_second_run_reads_every_program_from_the_cache(tmp_path):
   cache = tmp_path / "cache"
   first, proc = _counted(cache, _TRAIN, CONFIG, tmp_path / "a", *TINY)
@@ -205,10 +216,16 @@ def test_a_second_run_reads_every_program_from_the_cache(tmp_path):
   assert first.get("cache_misses", 0) == len(written) and not first.get("cache_hits")
   assert f"compilation cache {cache}" in proc.stdout  # the run says where the cache is
 
+  # The iteration and the evaluation were also kept traced (panda_rl/program_cache.py).
+  exported = _exported(cache)
+  assert [n.split("-")[0] for n in exported] == ["iteration", "train_evaluation"]
+  assert first["traced"]["flat_fn"] == 2
+
   second, _ = _counted(cache, _TRAIN, CONFIG, tmp_path / "b", *TINY)
   assert _entries(cache) == written  # nothing new compiled and written
   assert not second.get("cache_misses")
   assert second["cache_hits"] == len(written)
+  assert _exported(cache) == exported and "flat_fn" not in second["traced"]  # not retraced
 
   # `evaluate` compiles one program per config, not per checkpoint: after step 2's, step 4's
   # evaluation finds everything in the cache.
@@ -216,6 +233,8 @@ def test_a_second_run_reads_every_program_from_the_cache(tmp_path):
   _counted(cache, _EVALUATE, run_dir, 2)
   with_eval = _entries(cache)
   assert len(with_eval) > len(written)
+  assert len(_exported(cache)) == len(exported) + 1  # "episodes"
   other, _ = _counted(cache, _EVALUATE, run_dir, 4)
   assert _entries(cache) == with_eval
   assert not other.get("cache_misses") and other["cache_hits"] >= 1
+  assert len(_exported(cache)) == len(exported) + 1 and "flat_fn" not in other["traced"]
