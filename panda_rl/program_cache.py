@@ -94,8 +94,14 @@ def _arguments(leaves: Sequence[Any], treedef) -> Dict[str, Any]:
   # addresses differ between processes; what those objects hold is fixed by the source and
   # the settings, which the key holds.
   tree = re.sub(r" at 0x[0-9a-fA-F]+", "", str(treedef))
-  return {"tree": tree,
-          "leaves": [f"{jax.typeof(x)} {getattr(x, 'sharding', None)}" for x in leaves]}
+  return {"tree": tree, "leaves": [f"{jax.typeof(x)} {_placement(x)}" for x in leaves]}
+
+
+def _placement(x) -> str:
+  """A leaf's sharding when it spans several devices; on one device (or abstract, not yet
+  placed) nothing, so a program compiled for the abstract state serves the concrete one."""
+  sharding = getattr(x, "sharding", None)
+  return str(sharding) if sharding is not None and len(sharding.device_set) > 1 else ""
 
 
 def program_key(name: str, what: Any, leaves: Sequence[Any], treedef) -> str:

@@ -223,6 +223,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     run.close()
 
 
+class _InBackground:
+  """``fn()`` in a daemon thread (it does not hold up an exiting process); ``result()`` waits
+  for it and returns its value or raises its exception."""
+
+  def __init__(self, fn):
+    import threading
+
+    self._out: Dict[str, Any] = {}
+
+    def work():
+      try:
+        self._out["value"] = fn()
+      except BaseException as e:  # re-raised in the waiting thread
+        self._out["error"] = e
+
+    self._thread = threading.Thread(target=work, daemon=True, name="panda_rl-compile")
+    self._thread.start()
+
+  def result(self):
+    self._thread.join()
+    if "error" in self._out:
+      raise self._out["error"]
+    return self._out["value"]
+
+
 class _Run:
   """The host side of one training run: sequencing, timing, logging, evaluation, saving."""
 
@@ -265,15 +290,27 @@ class _Run:
       self.say(self.trainer.placement.describe())
     return state, start
 
+  def _compile_ahead(self) -> Optional["_InBackground"]:
+    """A fresh one-device run compiles its iteration for the abstract initial state in a
+    thread, while the initial state is built (its own program compiles meanwhile): XLA
+    compiles on one core each, and tracing overlaps compiling."""
+    if not self.trainer.placement.single_device or self.ckpt.all_steps():
+      return None
+    abstract = self.trainer.abstract_state(jax.random.PRNGKey(self.r.seed))
+    return _InBackground(lambda: self.trainer.compile_iteration(abstract))
+
   def train(self) -> TrainResult:
     r = self.r
+    ahead = self._compile_ahead()
     state, start = self._start()
     if start >= r.max_epochs:
       self.say(f"Nothing to do: the checkpoint is at iteration {start} >= "
                f"runner.max_epochs={r.max_epochs}.")
       return TrainResult(state, {}, {}, self.workdir, self.last_saved)
     t_start = time.perf_counter()
-    step_fn, compile_s = self.trainer.compile_iteration(state)
+    step_fn, compile_s = (ahead.result() if ahead is not None
+                          else self.trainer.compile_iteration(state))
+    t_ready = time.perf_counter()
     env_steps = int(jax.device_get(state.env_steps))
     self.pbar = _progress(r.max_epochs, start)
     metrics: Dict[str, float] = {}
@@ -286,7 +323,8 @@ class _Run:
       self._timing(metrics, time.perf_counter() - t0, env_steps - steps_before, env_steps,
                    t_start, compile_s if done == start + 1 else False)
       if done == start + 1:
-        self._report_start(t_start - self.t_enter, compile_s, metrics[M.ITERATION_S])
+        self._report_start(t_ready - self.t_enter, t_start - self.t_enter, compile_s,
+                           metrics[M.ITERATION_S])
       self._after_iteration(state, metrics, done, env_steps)
       if done < r.max_epochs and self.preemption.requested(done):
         self._stop_early(state, done, env_steps)
@@ -305,19 +343,18 @@ class _Run:
              f"with checkpoint step {done} in {self.ckpt.directory}; continue with "
              "--config.runner.resume=True.")
 
-  def _report_start(self, setup_s: float, compile_s: Optional[float],
+  def _report_start(self, started_s: float, setup_s: float, compile_s: Optional[float],
                     iteration_s: float) -> None:
-    """One line: how long the run took to reach its first iteration, and where JAX's
-    persistent compilation cache is (a second run of the same config reads it)."""
+    """One line: how long the run took to reach its first iteration (setup: config check,
+    envs, initial state; compile: the iteration program, alongside setup in a fresh run),
+    and where JAX's persistent compilation cache is."""
     where = compile_cache.cache_dir()
     cache = f"compilation cache {where}" if where else "no persistent compilation cache"
     if compile_s is None:  # several programs compiled on first use: in the iteration
       parts = f"setup {setup_s:.1f}s; {cache}"
-      started = setup_s
     else:
       parts = f"setup {setup_s:.1f}s, compile {compile_s:.1f}s; {cache}"
-      started = setup_s + compile_s
-    self.say(f"Started in {started:.1f}s ({parts}); first iteration {iteration_s:.1f}s.")
+    self.say(f"Started in {started_s:.1f}s ({parts}); first iteration {iteration_s:.1f}s.")
 
   @staticmethod
   def _timing(metrics, dt: float, steps: int, env_steps: int, t_start: float, compile_s):
