@@ -307,7 +307,7 @@ class _Run:
       self.say(f"Nothing to do: the checkpoint is at iteration {start} >= "
                f"runner.max_epochs={r.max_epochs}.")
       return TrainResult(state, {}, {}, self.workdir, self.last_saved)
-    t_start = time.perf_counter()
+    t_setup = time.perf_counter()  # the initial state is ready
     step_fn, compile_s = (ahead.result() if ahead is not None
                           else self.trainer.compile_iteration(state))
     t_ready = time.perf_counter()
@@ -321,9 +321,9 @@ class _Run:
       metrics = _host(device_metrics)  # blocks until the iteration has finished
       steps_before, env_steps = env_steps, int(jax.device_get(state.env_steps))
       self._timing(metrics, time.perf_counter() - t0, env_steps - steps_before, env_steps,
-                   t_start, compile_s if done == start + 1 else False)
+                   self.t_enter, compile_s if done == start + 1 else False)
       if done == start + 1:
-        self._report_start(t_ready - self.t_enter, t_start - self.t_enter, compile_s,
+        self._report_start(t_ready - self.t_enter, t_setup - self.t_enter, compile_s,
                            metrics[M.ITERATION_S])
       self._after_iteration(state, metrics, done, env_steps)
       if done < r.max_epochs and self.preemption.requested(done):
@@ -332,7 +332,7 @@ class _Run:
     self.pbar.close()
     self.ckpt.wait_until_finished()
     self.say(f"Done: {done} iterations, {env_steps:,} env steps in "
-             f"{time.perf_counter() - t_start:.1f}s; checkpoints in {self.ckpt.directory}.")
+             f"{time.perf_counter() - self.t_enter:.1f}s; checkpoints in {self.ckpt.directory}.")
     return TrainResult(state, metrics, self.eval_metrics, self.workdir, self.last_saved)
 
   def _stop_early(self, state, done: int, env_steps: int) -> None:
