@@ -20,7 +20,9 @@ afresh, and entries are never stale. The directory grows by a few MB per new pro
 may be deleted at any time.
 
 It reports once, through ``logging`` (logger ``"panda_rl"``), where the cache is;
-:data:`STATUS` holds the same sentence and :func:`cache_dir` the directory in effect.
+:data:`STATUS` holds the same sentence and :func:`cache_dir` the directory in effect. The
+library's large programs are also kept *traced*, in the same directory
+(:mod:`panda_rl.program_cache`).
 """
 
 from __future__ import annotations

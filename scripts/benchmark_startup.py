@@ -88,12 +88,14 @@ def _child_env(cache) -> dict:
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
   env["PANDA_RL_COMPILATION_CACHE"] = str(cache)
+  env["PYTHONUNBUFFERED"] = "1"  # lines arrive when printed: they are timed
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   return env
 
 
 def _entries(cache: Path) -> int:
-  return len(list(cache.glob("*-cache")))
+  """Compiled programs (JAX's ``*-cache`` files) plus traced ones (``exported/``)."""
+  return len(list(cache.glob("*-cache"))) + len(list(cache.glob("exported/*.exported")))
 
 
 def _run(cmd, env, log: Path, timeout: float, watch=None) -> dict:
@@ -193,7 +195,8 @@ def main():
     rows["simulation"] = simulation(args, checkpoint, cache, work / "simulation.log")
   finally:
     entries = _entries(cache) if cache.exists() else 0
-    size_mb = (sum(p.stat().st_size for p in cache.glob("*")) / 1e6) if cache.exists() else 0
+    size_mb = (sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 1e6
+               if cache.exists() else 0)
     if not args.keep:
       shutil.rmtree(work, ignore_errors=True)
 
