@@ -1,8 +1,8 @@
 """Traced programs kept across processes, beside JAX's persistent compilation cache.
 
 JAX's compilation cache (:mod:`panda_rl.compile_cache`) saves XLA's compile, not the Python
-tracing and lowering before it, and tracing MJX's physics into the training iteration takes
-about 6 s on a 2-core CPU (the evaluation program about 5 s) in every process. So the
+tracing and lowering before it, and tracing MJX's physics into the training iteration (or
+the evaluation) takes 5-10 s on a 2-core CPU, in every process. So the
 library's large programs are also kept *traced*: :func:`jit` exports a program with
 ``jax.export`` (StableHLO, with the output's tree structure) into
 ``<compilation cache>/exported/``, and a later process with the same key reads it back in a
@@ -85,7 +85,8 @@ def _environment() -> Dict[str, Any]:
   return {"format": FORMAT, "source": _source_digest(), "versions": _versions(),
           "jax_settings": settings, "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "mjx_patch": _xla.MJX_PATCH, "backend": jax.default_backend(),
-          "platform_version": getattr(devices[0].client, "platform_version", ""),
+          "platform_version": getattr(getattr(devices[0], "client", None), "platform_version",
+                                      ""),
           "devices": [d.device_kind for d in devices], "processes": jax.process_count()}
 
 
