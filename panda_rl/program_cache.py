@@ -193,9 +193,23 @@ class CachedJit:
     return exported.call, lambda out: jax.tree.unflatten(out_tree, out)
 
 
+@functools.lru_cache(maxsize=1)
+def _prepare_lapack() -> None:
+  """Loads jaxlib's CPU LAPACK kernels, as lowering a linear-algebra op does.
+
+  jaxlib fills in its LAPACK kernels' function pointers only when it lowers such an op; a
+  program read back with ``jax.export`` lowers none, so its first Cholesky or LU solve
+  (MJX's physics has both) would call a null pointer and crash the process (the upstream
+  report: jax-ml/jax#29610). Lowering one tiny Cholesky first avoids that.
+  """
+  if jax.default_backend() == "cpu":
+    jax.jit(jax.numpy.linalg.cholesky).lower(jax.numpy.eye(2, dtype=jax.numpy.float32))
+
+
 def _read(path: Path):
   try:
     blob = pickle.loads(path.read_bytes())
+    _prepare_lapack()
     return jax.export.deserialize(bytearray(blob["exported"])), blob["out_tree"]
   except FileNotFoundError:
     return None

@@ -5,6 +5,12 @@ or a damaged file, still runs. (That a second process reads the training and eva
 programs instead of tracing them: tests/test_compile_cache.py.)
 """
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +20,7 @@ from panda_rl import compile_cache, program_cache
 from panda_rl.config import load_config, program_settings
 from panda_rl.training import Trainer
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/mujoco_ppo_mlp.py"
 TINY = ["env.train.env_id=PointReach-v0", "env.train.overrides={}", "env.train.num_envs=8",
         "env.eval.num_envs=4", "rollout.num_steps=16", "algorithm.num_minibatches=2",
@@ -112,3 +119,31 @@ def test_off_with_the_compilation_cache_or_on_its_own(monkeypatch, tmp_path):
   monkeypatch.delenv(program_cache.ENV_VAR)
   monkeypatch.setattr(compile_cache, "cache_dir", lambda: None)
   assert program_cache.directory() is None
+
+
+_LAPACK = """
+import sys
+from pathlib import Path
+import jax, jax.numpy as jnp
+from panda_rl import program_cache
+solve = lambda a, b: jnp.linalg.solve(a, b) + jnp.linalg.cholesky(a)[:, 0]
+f = program_cache.jit(solve, "lapack", {}, where=Path(sys.argv[1]))
+print("RESULT", f(jnp.eye(3) * 2.0, jnp.ones(3)).tolist())
+"""
+
+
+def test_a_fresh_process_runs_a_read_program_with_lapack_calls(tmp_path):
+  """A process that only reads an exported Cholesky / LU solve used to crash (jaxlib loads
+  its LAPACK kernels when it lowers such an op, and a read program lowers none)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_PLATFORMS="cpu")
+  outs = []
+  for _ in range(2):  # the first writes the program, the second only reads it
+    proc = subprocess.run([sys.executable, "-c", _LAPACK, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs.append([x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1])
+    assert len(list(tmp_path.glob("lapack-*.exported"))) == 1
+  expected = (0.5 + np.sqrt(2.0)) * np.eye(3)[0] + 0.5 * (1 - np.eye(3)[0])
+  assert outs[0] == outs[1]
+  np.testing.assert_allclose(json.loads(outs[1].split(" ", 1)[1]), expected, rtol=1e-6)
