@@ -1,7 +1,9 @@
 """The run loop: :func:`train_and_evaluate` (the library entry point notebooks and the CLI call).
 
 Python only sequences iterations here: each ``Trainer.train_iteration`` is one compiled
-program (or the placement's few). Around it this module measures compile time and throughput,
+program (or the placement's few); a fresh one-device run compiles it in a thread while it
+builds the initial state, and says after the first iteration how long it took to start and
+where the compilation cache is. Around it this module measures compile time and throughput,
 logs every metric (``time/*`` named in :mod:`panda_rl.metrics`), evaluates every
 ``runner.val_check_interval`` iterations (and writes evaluation videos if asked), checkpoints
 every ``runner.save_interval`` iterations and at the end (flushing the loggers with each
@@ -357,11 +359,11 @@ class _Run:
     self.say(f"Started in {started_s:.1f}s ({parts}); first iteration {iteration_s:.1f}s.")
 
   @staticmethod
-  def _timing(metrics, dt: float, steps: int, env_steps: int, t_start: float, compile_s):
+  def _timing(metrics, dt: float, steps: int, env_steps: int, t_run: float, compile_s):
     metrics[M.ITERATION_S] = dt
     metrics[M.ENV_STEPS_PER_S] = steps / max(dt, 1e-9)
     metrics[M.ENV_STEPS] = float(env_steps)
-    metrics[M.WALL_S] = time.perf_counter() - t_start
+    metrics[M.WALL_S] = time.perf_counter() - t_run
     if compile_s is not False:
       # Without ahead-of-time compilation the first iteration's time includes compiling.
       metrics[M.COMPILE_S] = compile_s if compile_s is not None else dt
