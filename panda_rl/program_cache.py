@@ -202,8 +202,8 @@ def _prepare_lapack() -> None:
   (MJX's physics has both) would call a null pointer and crash the process (the upstream
   report: jax-ml/jax#29610). Lowering one tiny Cholesky first avoids that.
   """
-  if jax.default_backend() == "cpu":
-    jax.jit(jax.numpy.linalg.cholesky).lower(jax.numpy.eye(2, dtype=jax.numpy.float32))
+  if jax.default_backend() == "cpu":  # lowered only: nothing runs or compiles
+    jax.jit(jax.numpy.linalg.cholesky).lower(jax.ShapeDtypeStruct((2, 2), "float32"))
 
 
 def _read(path: Path):
