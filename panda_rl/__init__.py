@@ -5,6 +5,10 @@ from panda_rl import _xla
 _xla.configure()  # must run before anything creates a JAX backend
 _xla.patch_mjx()  # fast MJX body-tree kinematics on CPU (see panda_rl/_xla.py)
 
+from panda_rl import compile_cache  # noqa: E402
+
+compile_cache.configure()  # JAX's persistent compilation cache (see panda_rl/compile_cache.py)
+
 from panda_rl.envs.registry import make, registered_envs  # noqa: E402
 
 __all__ = ["make", "registered_envs", "load_policy"]

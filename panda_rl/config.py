@@ -38,6 +38,17 @@ RESUME_FREE_FIELDS = (
     "rollout.pipeline_stage_num",  # placement and stages change where, not what, is computed
 )
 
+# Fields that change no compiled program (logging, bookkeeping, cadence, videos): left out of
+# the settings that name the programs kept traced (:func:`program_settings`).
+PROGRAM_FREE_FIELDS = (
+    "runner.logger",
+    "runner.resume",
+    "runner.val_check_interval",
+    "runner.save_interval",
+    "runner.max_to_keep",
+    "env.eval.video_cfg",
+)
+
 
 class ConfigError(ValueError):
   """A config field is unknown, mistyped or out of range."""
@@ -252,6 +263,13 @@ def config_from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(_tuplify(dict(d)))
   config.lock()
   return config
+
+
+def program_settings(config: ml_collections.ConfigDict) -> dict:
+  """``config`` as flat ``{"a.b": value}`` without :data:`PROGRAM_FREE_FIELDS`: what the
+  training and evaluation programs are built from (:mod:`panda_rl.program_cache`)."""
+  skip = lambda p: any(p == f or p.startswith(f + ".") for f in PROGRAM_FREE_FIELDS)
+  return {k: v for k, v in flatten(config_to_dict(config)).items() if not skip(k)}
 
 
 def config_diff(old: Mapping[str, Any] | ml_collections.ConfigDict,

@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 import jax
 
 from panda_rl import metrics as M
+from panda_rl.config import program_settings
 from panda_rl.evaluation import evaluate_policy  # noqa: F401  (the one evaluation loop)
 
 
@@ -48,7 +49,11 @@ def evaluate_checkpoint(checkpoint: str, episodes: int = 100, seed: int = 0,
   env_id, overrides = eval_env_settings(policy.config)
   env = panda_rl.make(env_id, **overrides)
   batch = num_envs or int(policy.config.env.eval.num_envs)
-  out = evaluate_policy(env, policy, episodes, jax.random.PRNGKey(seed), num_envs=batch)
+  # What the episodes program is built from: it is kept traced under these settings.
+  settings = {"config": program_settings(policy.config), "env_id": env_id,
+              "overrides": overrides, "deterministic": bool(policy.deterministic)}
+  out = evaluate_policy(env, policy, episodes, jax.random.PRNGKey(seed), num_envs=batch,
+                        settings=settings)
   out["step"] = policy.step
   out["env_id"] = env_id
   return out

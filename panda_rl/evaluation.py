@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from panda_rl import metrics as M
+from panda_rl import program_cache
 from panda_rl.envs.base import AutoResetWrapper, Env, EnvState
 
 Array = jax.Array
@@ -105,11 +106,36 @@ def summary(episodes: Episodes) -> Dict[str, Array]:
           M.EVAL_RETURN: jnp.mean(episodes.ret), M.EVAL_EPISODE_LEN: jnp.mean(episodes.length)}
 
 
+def episodes_program(env: Env, policy: Callable[[Any], Array], num_envs: int,
+                     settings: Any = None) -> Callable[[Array], Episodes]:
+  """Jitted ``key -> Episodes`` of :func:`run_episodes`.
+
+  A policy with ``.params``, ``.normalizer`` and ``.apply(params, normalizer, obs)``
+  (``panda_rl.load_policy``'s) gets its parameters as arguments of the program, not as constants in it: every checkpoint of a
+  config then runs one program, compiled once (and read from JAX's persistent compilation
+  cache by later processes). With ``settings`` (JSON-able: what ``env`` and ``policy`` are
+  built from) that program is also kept traced across processes
+  (:mod:`panda_rl.program_cache`).
+  """
+  params = getattr(policy, "params", None)
+  if params is None or not hasattr(policy, "apply") or not hasattr(policy, "normalizer"):
+    return jax.jit(lambda k: run_episodes(env, policy, k, num_envs)[0])
+  params = (params, policy.normalizer)
+
+  def episodes(p, k):
+    return run_episodes(env, lambda obs: policy.apply(*p, obs), k, num_envs)[0]
+
+  run = (jax.jit(episodes) if settings is None else
+         program_cache.jit(episodes, "episodes", {"settings": settings, "num_envs": num_envs}))
+  return lambda k: run(params, k)
+
+
 def evaluate_policy(env: Env, policy: Callable[[Any], Array], num_episodes: int,
-                    key: Array, num_envs: Optional[int] = None) -> Dict[str, float]:
+                    key: Array, num_envs: Optional[int] = None,
+                    settings: Any = None) -> Dict[str, float]:
   """Runs ``num_episodes`` episodes of ``policy`` in batches of ``num_envs`` (default: all).
 
-  Batch ``i`` uses ``fold_in(key, i)``.
+  Batch ``i`` uses ``fold_in(key, i)``. ``settings``: see :func:`episodes_program`.
 
   Returns:
     ``{"eval/success_once", "eval/return", "eval/episode_len", "eval/num_episodes"}``.
@@ -118,7 +144,7 @@ def evaluate_policy(env: Env, policy: Callable[[Any], Array], num_episodes: int,
   if num_episodes < 1:
     raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
   batch = min(num_episodes, int(num_envs or num_episodes))
-  run = jax.jit(lambda k: run_episodes(env, policy, k, batch)[0])
+  run = episodes_program(env, policy, batch, settings)
   parts = [jax.device_get(run(jax.random.fold_in(key, i)))
            for i in range(math.ceil(num_episodes / batch))]
   success, ret, length = (np.concatenate(x)[:num_episodes] for x in zip(*parts))

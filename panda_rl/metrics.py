@@ -122,7 +122,7 @@ DEFINITIONS: Dict[str, str] = {
     ITERATION_S: "wall seconds of the iteration (device work + host sync).",
     ENV_STEPS_PER_S: "env steps of the iteration / time/iteration_s.",
     ENV_STEPS: "total env steps so far (x axis for success vs env steps).",
-    WALL_S: "seconds since this process started training (compile included).",
+    WALL_S: "seconds since this process started training (setup and compile included).",
     EVAL_S: "wall seconds of an evaluation (the first one includes its compile).",
     VIDEO_S: "wall seconds of writing an evaluation's videos (the first: + compile).",
 }

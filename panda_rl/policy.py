@@ -127,6 +127,10 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
   def policy(obs, key=None):
     return jitted(policy_params, stats, obs, key)
 
+  # The same function with the parameters as arguments, ``apply(params, normalizer, obs,
+  # key=None)``: a program that calls it (evaluation) is then the same for every checkpoint
+  # of a config instead of holding one checkpoint's values as constants; an exporter traces
+  # it with them as constants.
   policy.config = config
   policy.step = step
   policy.action_size = action_size

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from panda_rl import program_cache
 from panda_rl import rollout as rollout_lib
 from panda_rl.placement import Placement
 from panda_rl import transfer
@@ -66,6 +67,9 @@ class IterationFns(NamedTuple):
     value: (params, normalizer, obs) -> V [B]; None for value-free algorithms.
     env: the batched training env (``step``, ``action_size``, ``episode_keys``).
     num_steps: T.
+    settings: what the functions are built from (JSON-able, e.g. the config's
+      :func:`~panda_rl.config.program_settings`): the one-device iteration is then kept
+      traced across processes (:mod:`panda_rl.program_cache`); None: plain ``jax.jit``.
   """
 
   init: Callable
@@ -78,6 +82,7 @@ class IterationFns(NamedTuple):
   value: Optional[Callable]
   env: Any
   num_steps: int
+  settings: Any = None
 
 
 class SingleProgram:
@@ -88,7 +93,11 @@ class SingleProgram:
     if placement.single_device:
       self._init = jax.jit(fns.init)
       # The state is donated: its buffers are reused for the new state.
-      self._iteration = jax.jit(fns.iteration, donate_argnums=0)
+      if fns.settings is not None:
+        self._iteration = program_cache.jit(fns.iteration, "iteration", fns.settings,
+                                            donate_argnums=(0,))
+      else:
+        self._iteration = jax.jit(fns.iteration, donate_argnums=0)
       return
     abstract = jax.eval_shape(fns.init, jax.random.PRNGKey(0))
     self.state_shardings = placement.state_shardings(abstract)
@@ -121,7 +130,10 @@ class SingleProgram:
 
   def compile(self, state: Any) -> Tuple[Callable, Optional[float]]:
     t0 = time.perf_counter()
-    compiled = self._iteration.lower(state).compile()
+    if isinstance(self._iteration, program_cache.CachedJit):
+      compiled = self._iteration.compile(state)
+    else:
+      compiled = self._iteration.lower(state).compile()
     return compiled, time.perf_counter() - t0
 
 

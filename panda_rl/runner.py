@@ -1,7 +1,9 @@
 """The run loop: :func:`train_and_evaluate` (the library entry point notebooks and the CLI call).
 
 Python only sequences iterations here: each ``Trainer.train_iteration`` is one compiled
-program (or the placement's few). Around it this module measures compile time and throughput,
+program (or the placement's few); a fresh one-device run compiles it in a thread while it
+builds the initial state, and says after the first iteration how long it took to start and
+where the compilation cache is. Around it this module measures compile time and throughput,
 logs every metric (``time/*`` named in :mod:`panda_rl.metrics`), evaluates every
 ``runner.val_check_interval`` iterations (and writes evaluation videos if asked), checkpoints
 every ``runner.save_interval`` iterations and at the end (flushing the loggers with each
@@ -27,6 +29,7 @@ import jax
 import ml_collections
 
 import panda_rl
+from panda_rl import compile_cache
 from panda_rl import metrics as M
 from panda_rl import training
 from panda_rl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, CheckpointError
@@ -209,6 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       damaged or does not fit the config.
     TrainingDivergedError: the loss became NaN; the last good checkpoint is untouched.
   """
+  t_enter = time.perf_counter()
   check_backends(logger_backends(config))
   workdir = Path(workdir) if workdir is not None else run_dir(config)
   trainer = training.Trainer(config)  # validates the whole config first
@@ -216,18 +220,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if record_video is not None:
     record_video.prepare(trainer)  # an eval env that cannot be rendered fails here
   ckpt = Checkpointer(workdir / CHECKPOINT_SUBDIR, max_to_keep=config.runner.max_to_keep)
-  run = _Run(config, trainer, ckpt, workdir, record_video)
+  run = _Run(config, trainer, ckpt, workdir, record_video, t_enter)
   try:
     return run.train()
   finally:
     run.close()
 
 
+class _InBackground:
+  """``fn()`` in a daemon thread (it does not hold up an exiting process); ``result()`` waits
+  for it and returns its value or raises its exception."""
+
+  def __init__(self, fn):
+    import threading
+
+    self._out: Dict[str, Any] = {}
+
+    def work():
+      try:
+        self._out["value"] = fn()
+      except BaseException as e:  # re-raised in the waiting thread
+        self._out["error"] = e
+
+    self._thread = threading.Thread(target=work, daemon=True, name="panda_rl-compile")
+    self._thread.start()
+
+  def result(self):
+    self._thread.join()
+    if "error" in self._out:
+      raise self._out["error"]
+    return self._out["value"]
+
+
 class _Run:
   """The host side of one training run: sequencing, timing, logging, evaluation, saving."""
 
   def __init__(self, config, trainer, ckpt: Checkpointer, workdir: Path,
-               record_video: Optional[EvalVideos]):
+               record_video: Optional[EvalVideos], t_enter: float):
     self.config, self.r = config, config.runner
     self.trainer, self.ckpt, self.workdir = trainer, ckpt, workdir
     self.record_video = record_video
@@ -237,6 +266,7 @@ class _Run:
     self.eval_metrics: Dict[str, float] = {}
     self.success = float("nan")  # last finite env/success_once, for the progress bar
     self.preemption = Preemption()
+    self.t_enter = t_enter  # when train_and_evaluate was called
 
   def say(self, msg: str) -> None:
     _say(self.pbar, msg)
@@ -265,15 +295,27 @@ class _Run:
       self.say(self.trainer.placement.table())
     return state, start
 
+  def _compile_ahead(self) -> Optional["_InBackground"]:
+    """A fresh one-device run compiles its iteration for the abstract initial state in a
+    thread, while the initial state is built (its own program compiles meanwhile): XLA
+    compiles on one core each, and tracing overlaps compiling."""
+    if not self.trainer.placement.single_device or self.ckpt.all_steps():
+      return None
+    abstract = self.trainer.abstract_state(jax.random.PRNGKey(self.r.seed))
+    return _InBackground(lambda: self.trainer.compile_iteration(abstract))
+
   def train(self) -> TrainResult:
     r = self.r
+    ahead = self._compile_ahead()
     state, start = self._start()
     if start >= r.max_epochs:
       self.say(f"Nothing to do: the checkpoint is at iteration {start} >= "
                f"runner.max_epochs={r.max_epochs}.")
       return TrainResult(state, {}, {}, self.workdir, self.last_saved)
-    t_start = time.perf_counter()
-    step_fn, compile_s = self.trainer.compile_iteration(state)
+    t_setup = time.perf_counter()  # the initial state is ready
+    step_fn, compile_s = (ahead.result() if ahead is not None
+                          else self.trainer.compile_iteration(state))
+    t_ready = time.perf_counter()
     env_steps = int(self.trainer.fetch(state.env_steps))
     self.pbar = _progress(r.max_epochs, start)
     metrics: Dict[str, float] = {}
@@ -284,7 +326,10 @@ class _Run:
       metrics = _host(self.trainer, device_metrics)  # blocks until the iteration has finished
       steps_before, env_steps = env_steps, int(self.trainer.fetch(state.env_steps))
       self._timing(metrics, time.perf_counter() - t0, env_steps - steps_before, env_steps,
-                   t_start, compile_s if done == start + 1 else False)
+                   self.t_enter, compile_s if done == start + 1 else False)
+      if done == start + 1:
+        self._report_start(t_ready - self.t_enter, t_setup - self.t_enter, compile_s,
+                           metrics[M.ITERATION_S])
       self._after_iteration(state, metrics, done, env_steps)
       if done < r.max_epochs and self.preemption.requested(done):
         self._stop_early(state, done, env_steps)
@@ -292,7 +337,7 @@ class _Run:
     self.pbar.close()
     self.ckpt.wait_until_finished()
     self.say(f"Done: {done} iterations, {env_steps:,} env steps in "
-             f"{time.perf_counter() - t_start:.1f}s; checkpoints in {self.ckpt.directory}.")
+             f"{time.perf_counter() - self.t_enter:.1f}s; checkpoints in {self.ckpt.directory}.")
     return TrainResult(state, metrics, self.eval_metrics, self.workdir, self.last_saved)
 
   def _stop_early(self, state, done: int, env_steps: int) -> None:
@@ -303,12 +348,25 @@ class _Run:
              f"with checkpoint step {done} in {self.ckpt.directory}; continue with "
              "--config.runner.resume=True.")
 
+  def _report_start(self, started_s: float, setup_s: float, compile_s: Optional[float],
+                    iteration_s: float) -> None:
+    """One line: how long the run took to reach its first iteration (setup: config check,
+    envs, initial state; compile: the iteration program, alongside setup in a fresh run),
+    and where JAX's persistent compilation cache is."""
+    where = compile_cache.cache_dir()
+    cache = f"compilation cache {where}" if where else "no persistent compilation cache"
+    if compile_s is None:  # several programs compiled on first use: in the iteration
+      parts = f"setup {setup_s:.1f}s; {cache}"
+    else:
+      parts = f"setup {setup_s:.1f}s, compile {compile_s:.1f}s; {cache}"
+    self.say(f"Started in {started_s:.1f}s ({parts}); first iteration {iteration_s:.1f}s.")
+
   @staticmethod
-  def _timing(metrics, dt: float, steps: int, env_steps: int, t_start: float, compile_s):
+  def _timing(metrics, dt: float, steps: int, env_steps: int, t_run: float, compile_s):
     metrics[M.ITERATION_S] = dt
     metrics[M.ENV_STEPS_PER_S] = steps / max(dt, 1e-9)
     metrics[M.ENV_STEPS] = float(env_steps)
-    metrics[M.WALL_S] = time.perf_counter() - t_start
+    metrics[M.WALL_S] = time.perf_counter() - t_run
     if compile_s is not False:
       # Without ahead-of-time compilation the first iteration's time includes compiling.
       metrics[M.COMPILE_S] = compile_s if compile_s is not None else dt

@@ -33,10 +33,12 @@ import ml_collections
 from panda_rl import evaluation
 from panda_rl import metrics as M
 from panda_rl import normalizer as obs_norm
+from panda_rl import program_cache
 from panda_rl import programs as programs_lib
 from panda_rl import rollout as rollout_lib
 from panda_rl import validation
 from panda_rl.agents import sgd
+from panda_rl.config import program_settings
 from panda_rl.envs.base import AutoResetWrapper, EnvState
 from panda_rl.networks import ActorCritic, gaussian_log_prob, make_networks
 from panda_rl.policy import act_fn
@@ -105,7 +107,11 @@ class Trainer:
     # The jitted init and iteration for the placement (one program when collocated). The
     # state is donated: its buffers are reused for the new state.
     self.programs = programs_lib.build(self.fns(), self.placement)
-    self._evaluate = jax.jit(self._evaluate_impl)
+    if self.placement.single_device:  # traced once per machine and config
+      self._evaluate = program_cache.jit(self._evaluate_impl, "train_evaluation",
+                                         program_settings(config))
+    else:
+      self._evaluate = jax.jit(self._evaluate_impl)
 
   def fns(self) -> programs_lib.IterationFns:
     """The pure functions of an iteration, for :func:`panda_rl.programs.build`."""
@@ -114,7 +120,7 @@ class Trainer:
         start=self.start_fn if self.algorithm.fresh_envs else None,
         rollout=self.rollout_fn, learn=self.learn_fn, act=self.act_fn,
         value=self.value_fn if self.algorithm.needs_value else None, env=self.env,
-        num_steps=self.num_steps)
+        num_steps=self.num_steps, settings=program_settings(self.config))
 
   # -- state ---------------------------------------------------------------------------
 

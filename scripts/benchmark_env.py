@@ -13,7 +13,9 @@ with auto-reset. For the vision env every (image size, batch) pair is timed, and
 renderer alone (``jit(vmap(renderer.render))`` on the batch's states after the timed
 steps: no physics) is timed too, as ms per camera image and its share of the env step.
 A watchdog reports a hang (jax 0.10 is known to deadlock on CPU at large batch) instead of
-waiting forever. Prints a table and writes JSON.
+waiting forever; a batch that fails (e.g. out of device memory) is reported and the next one
+runs. Prints a table and writes JSON, rewritten after every batch, so a run stopped from
+outside keeps what it measured.
 
 The CPU fast path (``panda_rl/_xla.py``) has two parts: XLA:CPU flags and an optimization
 barrier in MJX's quaternion product. ``--no-fast-flags`` turns off BOTH (the regression
@@ -120,6 +122,12 @@ def main():
     result = {}
 
     def work():
+      try:
+        timed()
+      except Exception as e:  # e.g. out of device memory: reported, the next batch runs
+        result["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+
+    def timed():
       state = env.reset(jax.random.PRNGKey(0))
       key = jax.random.PRNGKey(1)
       t0 = time.perf_counter()
@@ -147,6 +155,9 @@ def main():
 
     if not _watch(work, args.timeout):
       return None
+    if "error" in result:
+      return {"batch": batch, "hang": False, "error": result["error"],
+              **({} if size is None else {"image_size": size})}
     med = _median(result["times"])
     sps = batch * args.steps / med
     row = {"batch": batch, "env_steps_per_s": sps,
@@ -163,7 +174,22 @@ def main():
                  render_compile_s=result["render_compile_s"])
     return row
 
-  rows = []
+  out = {
+      "env": args.env, "overrides": overrides, "steps_per_call": args.steps,
+      "image_sizes": sizes if vision else None,
+      "xla_status": _xla.STATUS, "mjx_patch": _xla.MJX_PATCH,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax": jax.__version__, "backend": jax.default_backend(),
+      "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+      "machine": platform.platform(), "python": sys.version.split()[0],
+      "date": time.strftime("%Y-%m-%d"), "results": [],
+  }
+  rows = out["results"]
+
+  def write():  # after every batch: a run stopped from outside keeps what it measured
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=2)
+
   for size, batch in [(s, b) for s in sizes for b in args.batch]:
     what = f"batch {batch:6d}" + ("" if size is None else f" @ {size}x{size}")
     row = measure(batch, size)
@@ -172,8 +198,13 @@ def main():
                                                      {"image_size": size})})
       print(f"{what}: NO RESULT after {args.timeout:.0f}s (hung, or slower than the "
             "watchdog allows)", flush=True)
+      write()
       break  # a hung thread still holds the CPU: later timings would mean nothing
     rows.append(row)
+    write()
+    if "error" in row:
+      print(f"{what}: FAILED: {row['error']}", flush=True)
+      continue
     msg = f"{what}: {row['env_steps_per_s']:10.0f} env steps/s  (compile+first " \
           f"{row['compile_s']:.1f}s)"
     if size is not None:
@@ -188,7 +219,7 @@ def main():
     print("-" * len(head))
     for r in rows:
       size = f"{r['image_size']}x{r['image_size']}"
-      if r["hang"]:
+      if r["hang"] or "error" in r:
         print(f"{size:>7} | {r['batch']:>7} | {'NO RESULT':>12} |")
       else:
         print(f"{size:>7} | {r['batch']:>7} | {r['env_steps_per_s']:>12.0f} | "
@@ -198,23 +229,12 @@ def main():
     print(f"{'batch':>7} | {'env steps/s':>12} | {'physics steps/s':>15} | {'compile s':>9}")
     print("-" * 54)
     for r in rows:
-      if r["hang"]:
+      if r["hang"] or "error" in r:
         print(f"{r['batch']:>7} | {'NO RESULT':>12} |")
       else:
         print(f"{r['batch']:>7} | {r['env_steps_per_s']:>12.0f} | "
               f"{r['physics_steps_per_s']:>15.0f} | {r['compile_s']:>9.1f}")
-  out = {
-      "env": args.env, "overrides": overrides, "steps_per_call": args.steps,
-      "image_sizes": sizes if vision else None,
-      "xla_status": _xla.STATUS, "mjx_patch": _xla.MJX_PATCH,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "jax": jax.__version__, "backend": jax.default_backend(),
-      "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
-      "machine": platform.platform(), "python": sys.version.split()[0],
-      "date": time.strftime("%Y-%m-%d"), "results": rows,
-  }
-  with open(args.json, "w") as f:
-    json.dump(out, f, indent=2)
+  write()
   print(f"\nwrote {args.json}")
 
 

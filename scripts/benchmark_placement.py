@@ -78,8 +78,9 @@ def _launch(args) -> int:
     sock.bind(("localhost", 0))
     port = sock.getsockname()[1]
   argv = [a for a in sys.argv[1:]]
+  env = dict(os.environ, PANDA_RL_COMPILATION_CACHE="0")  # no shared cache between workers
   procs = [subprocess.Popen([sys.executable, __file__, *argv, "--worker", str(i),
-                             "--port", str(port)]) for i in range(args.processes)]
+                             "--port", str(port)], env=env) for i in range(args.processes)]
   codes = [p.wait() for p in procs]
   return next((c for c in codes if c), 0)
 

@@ -1,17 +1,26 @@
 """Shared fixtures. Compiling an MJX env step takes tens of seconds on 2 CPU cores, so the
 pick-cube env and its jitted functions are built once per session and shared, and JAX's
-persistent compilation cache makes repeated runs cheap."""
+persistent compilation cache makes repeated runs cheap.
+
+The tests keep their own persistent cache, ``~/.cache/panda_rl_jax_tests`` (or
+``$PANDA_RL_TEST_JAX_CACHE``), shared by the pytest workers and every subprocess they start,
+and never touch the library's per-user cache (``panda_rl/compile_cache.py``): this process
+and its children get it through ``PANDA_RL_COMPILATION_CACHE``, and a cache directory the
+user exported for JAX itself is not inherited.
+"""
 
 import os
 from pathlib import Path
 
-import panda_rl  # noqa: F401  (sets XLA:CPU flags before the backend starts)
-import jax
-import pytest
-
 _CACHE = os.environ.get("PANDA_RL_TEST_JAX_CACHE",
                         os.path.join(os.path.expanduser("~"), ".cache", "panda_rl_jax_tests"))
-jax.config.update("jax_compilation_cache_dir", _CACHE)
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # before `import jax` reads it
+os.environ["PANDA_RL_COMPILATION_CACHE"] = _CACHE
+
+import panda_rl  # noqa: E402,F401  (sets XLA:CPU flags before the backend starts)
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 

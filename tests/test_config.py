@@ -135,3 +135,22 @@ def test_every_config_field_has_a_comment(path):
       missing.append(f"{path.name}:{i + 1}: {line.strip()}")
   assert not missing, "config fields without a comment:\n" + "\n".join(missing)
   assert isinstance(load_config_file(path), ml_collections.ConfigDict)
+
+
+def test_gpu_config_is_the_cpu_recipe_with_a_gpu_sized_batch():
+  """configs/mujoco_ppo_mlp_gpu.py changes only the batch and the run's cadence, and passes
+  the whole check (envs and placement) before anything compiles."""
+  from panda_rl import validation
+
+  gpu, cpu = load_config(str(CONFIG_DIR / "mujoco_ppo_mlp_gpu.py")), load_config(CONFIG)
+  changed = {line.split(":")[0] for line in config_diff(cpu, gpu)}
+  assert changed == {"env.train.num_envs", "rollout.num_steps", "algorithm.num_minibatches",
+                     "runner.max_epochs", "runner.val_check_interval", "runner.save_interval",
+                     "runner.logger.experiment_name"}
+  samples = gpu.env.train.num_envs * gpu.rollout.num_steps
+  assert gpu.env.train.num_envs >= 8192 and samples >= 4 * cpu.env.train.num_envs * 32
+  assert samples % gpu.algorithm.num_minibatches == 0
+  assert samples // gpu.algorithm.num_minibatches >= 8192  # a GPU-sized minibatch too
+  setup = validation.check(gpu)
+  assert setup.env.action_size == 4 and setup.placement.single_device
+  assert run_dir(gpu) == Path("runs/panda_rl/mujoco_ppo_mlp_gpu")

@@ -1,6 +1,9 @@
 """Golden numbers: 3 training iterations of the PPO, GRPO and CNN configs (tiny sizes) and one
-evaluation must reproduce, bit for bit on CPU, the parameters, normaliser and metrics recorded
-in ``tests/golden/*.npz`` before the core was refactored.
+evaluation must reproduce the parameters, normaliser and metrics recorded in
+``tests/golden/*.npz`` before the core was refactored: bit for bit on the machine that wrote
+them; across CPUs to float rounding (XLA:CPU emits other vector code for other instruction
+sets, e.g. AVX-512 vs AVX2: measured up to 2.4e-7 absolute after 3 iterations), so the
+check is ``allclose`` with RTOL / ATOL below, far inside any change of behaviour.
 
 Regenerate (only when a change of numbers is intended, and say why in the commit):
 
@@ -22,6 +25,7 @@ from panda_rl.config import load_config_file
 GOLDEN = Path(__file__).with_name("golden")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ITERATIONS = 3
+RTOL, ATOL = 1e-4, 1e-5
 
 
 def _ppo():
@@ -106,7 +110,7 @@ def test_golden(name):
   missing = sorted(set(golden) - set(got))
   assert not missing, f"no longer produced: {missing}"
   differ = [k for k in sorted(golden)
-            if not np.array_equal(golden[k], got[k], equal_nan=True)]
+            if not np.allclose(golden[k], got[k], rtol=RTOL, atol=ATOL, equal_nan=True)]
   assert not differ, (f"{len(differ)} of {len(golden)} golden values differ, e.g. " +
                       "; ".join(f"{k}: {golden[k].ravel()[:3]} -> {got[k].ravel()[:3]}"
                                 for k in differ[:5]))

@@ -349,6 +349,7 @@ SINGLE_RTOL, SINGLE_ATOL = 1e-5, 1e-6
 def test_two_processes_train_identically_and_resume(sub_env, tmp_path):
   env = _with_devices(sub_env, 2)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # two writers of one cache: keep them apart
+  env["PANDA_RL_COMPILATION_CACHE"] = "0"
   _two_processes(env, tmp_path, epochs=2, resume=False)
   assert (tmp_path / "checkpoints" / "2").is_dir()
   assert list(tmp_path.glob("events.out.tfevents.*"))  # process 0 logged

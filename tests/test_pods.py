@@ -230,6 +230,7 @@ def _env(devices):
   e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") +
                     f" --xla_force_host_platform_device_count={devices}")
   e.pop("JAX_COMPILATION_CACHE_DIR", None)  # several writers of one cache: keep them apart
+  e["PANDA_RL_COMPILATION_CACHE"] = "0"
   return e
 
 
