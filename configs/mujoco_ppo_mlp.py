@@ -18,10 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.cluster.component_placement = "env,rollout,actor:all"
   c.cluster.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS
   c.cluster.process_id = -1  # this process's id (multi-host); -1 = $JAX_PROCESS_ID / auto
-  # Multi-host failures end every process within bounded time: waiting for all processes
-  # to join, and for a lost process's heartbeat (then the others stop with that message).
-  c.cluster.init_timeout_s = 300
-  c.cluster.heartbeat_timeout_s = 100
+  # Multi-host failures end every process within bounded time (seconds):
+  c.cluster.init_timeout_s = 300  # wait for the coordinator and every process to join
+  c.cluster.heartbeat_timeout_s = 100  # a process silent this long is lost: the others stop
 
   c.env = ml_collections.ConfigDict()
   c.env.train = ml_collections.ConfigDict()

@@ -403,8 +403,12 @@ class _Run:
     t0 = time.perf_counter()
     out = _host(self.trainer, self.trainer.evaluate(state, key))
     out[M.EVAL_S] = time.perf_counter() - t0  # the first evaluation includes its compile
-    if self.record_video is not None and jax.process_index() == 0:
-      out.update(self.record_video.safe_record(self.trainer, state, key, done))
+    if self.record_video is not None:
+      if jax.process_count() > 1:  # process 0 renders: the policy's values, on every process
+        params, normalizer = self.trainer.fetch((state.params, state.normalizer))
+        state = state.replace(params=params, normalizer=normalizer)
+      if jax.process_index() == 0:
+        out.update(self.record_video.safe_record(self.trainer, state, key, done))
     self.eval_metrics = out
     self.say(f"[iter {done}/{self.r.max_epochs}] env steps {env_steps:,}  " + "  ".join(
         f"{k}={v:.4g}" for k, v in out.items()))
