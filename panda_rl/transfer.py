@@ -259,7 +259,10 @@ class Mover:
         out[i] = y
     groups: Dict[Tuple, List[int]] = collections.defaultdict(list)
     for i in collective:
-      groups[_union(leaves[i].sharding, targets[i])].append(i)
+      if leaves[i].size == 0:  # nothing to send (XLA does not shard empty arrays)
+        out[i] = _empty(leaves[i], _as_named(targets[i]))
+      else:
+        groups[_union(leaves[i].sharding, targets[i])].append(i)
     for union, idx in groups.items():
       for i, y in zip(idx, self._move_group(union, [leaves[i] for i in idx],
                                             [targets[i] for i in idx])):
@@ -295,6 +298,14 @@ def _wait_for(x: Array) -> None:
   # consumed by it: nothing left to wait for.
   if not x.is_deleted():
     x.block_until_ready()
+
+
+def _empty(x: Array, dst: NamedSharding) -> Array:
+  shape = tuple(x.shape)
+  # fresh buffers (not _zeros' cached ones): the result may be donated later
+  bufs = [jax.device_put(np.zeros(dst.shard_shape(shape), x.dtype), d)
+          for d in sorted(dst.addressable_devices, key=lambda d: d.id)]
+  return jax.make_array_from_single_device_arrays(shape, dst, bufs, dtype=x.dtype)
 
 
 def _as_named(sharding) -> NamedSharding:

@@ -363,3 +363,16 @@ def test_eval_env_drops_training_only_curricula():
       "eval": {"num_envs": 4}})
   assert env_settings(cfg.eval, cfg.train) == ("PandaPickCube-v0", {"episode_length": 50})
   assert env_settings(cfg.train, cfg.train) == ("PandaPickCube-v0", train)
+
+
+def test_env_constants_live_on_this_process_device(pick_env):
+  """MJX puts data on ``jax.devices()[0]`` unless told otherwise, which on a pod belongs to
+  process 0; the env's model, home template and reset grids must sit on this process's own
+  first device so every process can build and trace the env."""
+  import panda_rl.envs.pick_cube  # noqa: F401
+
+  env = panda_rl.make("PandaPickCube-v0", reset_pregrasp_prob=0.4)
+  local = jax.local_devices()[0]
+  arrays = [x for x in jax.tree.leaves((env._template, env._pregrasp.posed, env.mjx_model))
+            if isinstance(x, jax.Array)]
+  assert arrays and all(x.devices() == {local} for x in arrays)

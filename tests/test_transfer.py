@@ -31,6 +31,7 @@ CASES = [
     ((0, 15), (8, 15), None, None, ()),        # a scalar counter
     ((2, 5), (6, 13), 0, 0, (24, 2)),          # 4 -> 8 devices, unequal shard sizes
     ((6, 13), (2, 5), 0, 0, (24, 2)),          # and back
+    ((0, 7), (8, 15), 0, 0, (64, 0)),          # an empty leaf (MJX has some)
 ]
 
 

@@ -25,6 +25,8 @@ import mujoco
 import numpy as np
 from mujoco import mjx
 
+from panda_rl.envs.panda import local_device
+
 # Inverse kinematics of the grid poses: iterations, and the errors (position m, rotation
 # rad) below which a pose is converged (stop early) or accepted (else it is left out).
 _IK_ITERATIONS = 500
@@ -71,7 +73,7 @@ class InHandStart:
     data.qpos[c:c + 3] = tcp
     data.ctrl[7:9] = 0.0
     mujoco.mj_forward(mj, data)
-    return cls(data=mjx.put_data(mj, data, impl="jax"), tcp=jnp.asarray(tcp, jnp.float32),
+    return cls(data=mjx.put_data(mj, data, impl="jax", device=local_device()), tcp=jnp.asarray(tcp, jnp.float32),
                prob=prob)
 
   def select(self, key: jax.Array, data: mjx.Data, grip: jax.Array,
@@ -189,7 +191,7 @@ class PregraspGrid:
       data.qpos[c:c + 3] = (goal[0], goal[1], z_cube)
       data.ctrl[7:9] = cfg.max_finger_opening
       mujoco.mj_forward(mj, data)
-      datas.append(mjx.put_data(mj, data, impl="jax"))
+      datas.append(mjx.put_data(mj, data, impl="jax", device=local_device()))
       tcps.append(data.site_xpos[tcp_site].copy())
     if len(datas) < len(goals) // 2:
       raise RuntimeError(f"PandaPickCube: pre-grasp IK reached only {len(datas)} of "

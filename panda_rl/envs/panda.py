@@ -38,7 +38,13 @@ def load_model(cfg: ml_collections.ConfigDict) -> tuple[mujoco.MjModel, mjx.Mode
   mj.opt.timestep = cfg.sim_dt
   mj.opt.iterations = cfg.solver_iterations
   mj.opt.ls_iterations = cfg.ls_iterations
-  return mj, mjx.put_model(mj, impl="jax")
+  return mj, mjx.put_model(mj, impl="jax", device=local_device())
+
+
+def local_device():
+  """Where the env's constants live: this process's first device. (MJX's default is
+  ``jax.devices()[0]``, which on a pod belongs to process 0: unreadable by the others.)"""
+  return jax.local_devices()[0]
 
 
 class PandaBase(Env):
@@ -82,7 +88,7 @@ class PandaBase(Env):
     mujoco.mj_resetDataKeyframe(mj, data, mj.key("home").id)
     mujoco.mj_forward(mj, data)
     self._home_data = data
-    self._template = mjx.put_data(mj, data, impl="jax")
+    self._template = mjx.put_data(mj, data, impl="jax", device=local_device())
     self._home_tcp = jnp.asarray(data.site_xpos[self._tcp], jnp.float32)
 
   @property
