@@ -128,17 +128,11 @@ def _define_flags():
 
 
 def main(argv) -> None:
-  from absl import app, flags
-  from absl import logging as absl_logging
 
   from panda_rl.checkpoint import CheckpointError
-  from panda_rl.cli import EXIT_USER_ERROR, fail
+  from panda_rl.cli import EXIT_USER_ERROR, fail, start
 
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  f = flags.FLAGS
+  f = start(argv)
   t0 = time.perf_counter()
   try:
     policy = panda_rl.load_policy(f.checkpoint, step=f.step, deterministic=True)

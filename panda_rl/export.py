@@ -230,17 +230,11 @@ def _define_flags():
 
 
 def main(argv) -> None:
-  from absl import app, flags
-  from absl import logging as absl_logging
 
   from panda_rl.checkpoint import CheckpointError
-  from panda_rl.cli import fail
+  from panda_rl.cli import fail, start
 
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  f = flags.FLAGS
+  f = start(argv)
   try:
     result = export(f.checkpoint, f.format, f.out, f.step)
   except (CheckpointError, ValueError, MissingDependencyError, OSError) as e:
