@@ -46,7 +46,6 @@ from panda_rl import program_cache
 from panda_rl import rollout as rollout_lib
 from panda_rl.placement import Placement
 from panda_rl import transfer
-from panda_rl.transfer import Mover
 
 Array = jax.Array
 
@@ -142,9 +141,10 @@ class StagedPrograms:
   transfers (:class:`panda_rl.transfer.Mover`: ``jax.device_put`` on one process,
   collective programs across processes; see the module docstring)."""
 
-  def __init__(self, fns: IterationFns, placement: Placement, transfer: str = "auto"):
+  def __init__(self, fns: IterationFns, placement: Placement,
+               transfer_method: str = "auto"):
     self.fns, self.placement = fns, placement
-    self.move = Mover(transfer)
+    self.move = transfer.Mover(transfer_method)
     pl = placement
     abstract = jax.eval_shape(fns.init, jax.random.PRNGKey(0))
     # Init runs wholly on the actor devices (env batch sharded there too), then the env
@@ -295,10 +295,10 @@ class StagedPrograms:
     return self._merge_env(states), traj
 
 
-def build(fns: IterationFns, placement: Placement, transfer: str = "auto") -> Any:
-  """The programs that run iterations of ``fns`` under ``placement``; ``transfer`` is the
+def build(fns: IterationFns, placement: Placement, transfer_method: str = "auto") -> Any:
+  """The programs that run iterations of ``fns`` under ``placement``; ``transfer_method`` is the
   :class:`panda_rl.transfer.Mover` method between groups ("auto", "device_put",
   "collective")."""
   if placement.single_device or placement.collocated:
     return SingleProgram(fns, placement)
-  return StagedPrograms(fns, placement, transfer)
+  return StagedPrograms(fns, placement, transfer_method)

@@ -18,7 +18,6 @@ if __name__ == "__main__":  # a subprocess: the repo importable before panda_rl 
 import panda_rl  # noqa: F401,E402  (first: XLA flags)
 
 import json  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -30,6 +29,7 @@ from panda_rl import metrics as M  # noqa: E402
 from panda_rl import placement as pl  # noqa: E402
 from panda_rl.checkpoint import Checkpointer  # noqa: E402
 from panda_rl.config import load_config  # noqa: E402
+from processes import finish, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
@@ -315,29 +315,13 @@ def test_cross_process_placement_is_fine_on_one_process():
   assert placement.groups["env"] == (0, 1) and placement.groups["rollout"] == (2, 3)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _two_processes(env, workdir, epochs, resume):
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(
       [sys.executable, __file__, "multihost", str(workdir), str(i), str(port), str(epochs),
        str(int(resume))], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=600)[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-6000:]
-  return outs
+  return finish(procs, timeout=600)
 
 
 # 2 processes x 2 devices against 1 process x 4 devices: the same global program, but the

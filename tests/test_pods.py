@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from panda_rl.config import load_config  # noqa: E402
+from processes import finish, free_port  # noqa: E402
 
 REPO = Path(HERE).parent
 CONFIGS = {"ppo": REPO / "configs" / "mujoco_ppo_mlp.py",
@@ -219,12 +220,6 @@ def _child_stop(run_dir, pid, nproc, port, lost=False):
 # Launching.
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _env(devices):
   e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") +
@@ -235,26 +230,11 @@ def _env(devices):
 
 
 def _start(nproc, devices, *args):
-  port = _free_port()
+  port = free_port()
   return [subprocess.Popen([sys.executable, __file__, args[0], str(i), str(nproc), str(port),
                             *map(str, args[1:])], cwd=REPO, env=_env(devices),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
           for i in range(nproc)]
-
-
-def _finish(procs, timeout=900):
-  outs = []
-  deadline = time.time() + timeout
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=max(1, deadline - time.time()))[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-6000:]
-  return outs
 
 
 def _run_single(out, algo, restore_from=""):
@@ -290,7 +270,7 @@ def pod_runs(tmp_path_factory):
 
   def run(algo):
     if algo not in logs:
-      logs[algo] = _finish(_start(2, 8, "pod", out, algo, ",".join(EXAMPLES)))
+      logs[algo] = finish(_start(2, 8, "pod", out, algo, ",".join(EXAMPLES)))
       _run_single(out, algo)
     return out, logs[algo]
   return run
@@ -344,7 +324,7 @@ def test_process_zero_logs_where_everything_runs(pods):
 
 def test_four_processes_with_groups_across_process_boundaries(pods, tmp_path):
   out, _ = pods
-  _finish(_start(4, 4, "pod", tmp_path, "ppo", "four"))
+  finish(_start(4, 4, "pod", tmp_path, "ppo", "four"))
   params = [_load(tmp_path / f"ppo_four_p{i}.npz") for i in range(4)]
   for p in params[1:]:
     for k in p:
@@ -362,7 +342,7 @@ def test_checkpoints_move_between_pods(pods, tmp_path):
   _run_single(tmp_path, "ppo", restore_from=str(out / "ppo_separated"))
   _assert_equal(_load(tmp_path / "restored.npz"), _load(out / "ppo_separated_p0.npz"))
 
-  _finish(_start(2, 8, "resume", tmp_path, out / "ppo_single", ITERATIONS + 1, 1))
+  finish(_start(2, 8, "resume", tmp_path, out / "ppo_single", ITERATIONS + 1, 1))
   single = _load(out / "ppo_single.npz")
   for pid in (0, 1):
     _assert_equal(_load(tmp_path / f"restored_p{pid}.npz"), single)
@@ -383,14 +363,14 @@ def test_sigterm_stops_a_two_process_run_cleanly_and_resume_is_exact(pods, tmp_p
   while not (run_dir / "config.json").exists() and time.time() < deadline:
     time.sleep(0.2)
   procs[1].send_signal(signal.SIGTERM)  # one process told: the pod agrees on the step
-  outs = _finish(procs, timeout=600)
+  outs = finish(procs, timeout=600)
   stopped = re.search(rf"SIGTERM: stopped after iteration (\d+)/{ITERATIONS} with checkpoint "
                       r"step (\d+)", outs[0])
   assert stopped and stopped.group(1) == stopped.group(2), outs[0][-3000:]
   n = int(stopped.group(1))
   assert 1 <= n < ITERATIONS
   assert all(f"stopped at {n}" in o for o in outs), [o[-500:] for o in outs]
-  _finish(_start(2, 8, "resume", tmp_path, run_dir, ITERATIONS, 0))
+  finish(_start(2, 8, "resume", tmp_path, run_dir, ITERATIONS, 0))
   uninterrupted = _load(out / "ppo_separated_p0.npz")
   for pid in (0, 1):
     _assert_equal(_load(tmp_path / f"resumed_p{pid}.npz"), uninterrupted)
@@ -401,7 +381,7 @@ def test_sigterm_stops_a_two_process_run_cleanly_and_resume_is_exact(pods, tmp_p
 
 
 def test_unreachable_coordinator_fails_with_a_message_in_bounded_time(tmp_path):
-  port = _free_port()  # nobody listens: process 1 waits for a coordinator that never comes
+  port = free_port()  # nobody listens: process 1 waits for a coordinator that never comes
   t0 = time.time()
   proc = subprocess.run(
       [sys.executable, "-m", "panda_rl.train", f"--config={CONFIGS['ppo']}",
