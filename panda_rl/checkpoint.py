@@ -23,6 +23,7 @@ fails with the differing leaves and config fields when they cannot fit.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -68,6 +69,20 @@ def _quiet_closed_loop_callbacks() -> None:
 
   hook._panda_rl_quiet_closed_loop = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_drop_orphaned_read_errors)
+
+
+def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
+  """Drops asyncio's "Task exception was never retrieved" for tensorstore reads.
+
+  The same failed read as above: when one read fails, orbax stops waiting and the other reads'
+  tasks end with their own tensorstore errors nobody awaits; asyncio logs each with its
+  traceback when the task is collected. The error we raise already names the damaged file.
+  Other never-retrieved task errors are still logged.
+  """
+  exc = record.exc_info[1] if record.exc_info else None
+  return not (str(record.msg).startswith("Task exception was never retrieved")
+              and exc is not None and "tensorstore_spec" in str(exc))
 
 
 def _handlers():
