@@ -376,3 +376,31 @@ def test_env_constants_live_on_this_process_device(pick_env):
   arrays = [x for x in jax.tree.leaves((env._template, env._pregrasp.posed, env.mjx_model))
             if isinstance(x, jax.Array)]
   assert arrays and all(x.devices() == {local} for x in arrays)
+
+
+def test_controller_rate_control_reuses_the_first_substeps_dynamics(pick_env, pick_fns):
+  """"control" computes the Jacobian and task inertia once per control step: the same law
+  (bit for bit) with one substep, a different trajectory with the default four."""
+  with pytest.raises(ValueError, match="controller_rate"):
+    panda_rl.make("PandaPickCube-v0", controller_rate="sometimes")
+  ctrl = pick_env.controller
+  data = pick_env._template
+  target = pick_env._home_tcp + jnp.array([0.05, -0.03, -0.1])
+  np.testing.assert_array_equal(ctrl.torque(data, target),
+                                ctrl.torque_with(ctrl.dynamics(data), data, target))
+
+  reset, step = pick_fns
+  action = jnp.tile(jnp.array([[0.8, -0.6, -0.9, 0.0]]), (2, 1))
+  state = reset(_keys(2))
+  once = panda_rl.make("PandaPickCube-v0", controller_rate="control")
+  assert once.n_substeps == pick_env.n_substeps == 4
+  a = step(state, action)
+  b = jax.jit(jax.vmap(once.step))(state, action)
+  gap = np.abs(np.asarray(a.data.qpos) - np.asarray(b.data.qpos)).max()
+  assert 0 < gap < 1e-3, gap  # later substeps used the first's dynamics
+
+  one = {"sim_dt": 0.02, "ctrl_dt": 0.02}
+  per_sub = panda_rl.make("PandaPickCube-v0", **one)
+  per_step = panda_rl.make("PandaPickCube-v0", controller_rate="control", **one)
+  run = lambda env: jax.jit(jax.vmap(env.step))(state, action)
+  np.testing.assert_array_equal(run(per_sub).data.qpos, run(per_step).data.qpos)

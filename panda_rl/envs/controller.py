@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Tuple
 
+import flax
 import jax
 import jax.numpy as jnp
 from mujoco import mjx
@@ -50,6 +51,16 @@ def tcp_velocity(data: mjx.Data, tcp_site: int, hand_root: int) -> jax.Array:
   return jacp.T @ data.qvel[:ARM_DOFS]
 
 
+@flax.struct.dataclass
+class TaskDynamics:
+  """What the law needs from the configuration: ``jac`` [6, 7] (TCP Jacobian, linear rows
+  first), ``lam`` [6, 6] (task-space inertia) and ``jbar`` [7, 6] (M^-1 J^T Lambda)."""
+
+  jac: jax.Array
+  lam: jax.Array
+  jbar: jax.Array
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class OperationalSpaceController:
   """Task-space PD + nullspace posture + bias compensation, clipped to the torque limits.
@@ -78,9 +89,27 @@ class OperationalSpaceController:
 
   def torque(self, data: mjx.Data, target: jax.Array) -> jax.Array:
     """Arm torques [7] that drive the TCP of ``data`` toward ``target`` [3] (world, m)."""
+    return self.torque_with(self.dynamics(data), data, target)
+
+  def dynamics(self, data: mjx.Data) -> "TaskDynamics":
+    """The configuration-dependent part of the law: the TCP Jacobian, the task-space
+    inertia and the dynamically consistent pseudo-inverse (the mass-matrix solves).
+
+    ``env.controller_rate = "control"`` computes this once per control step and reuses it
+    for the control step's substeps (:meth:`torque_with`); "substep" computes it every
+    substep."""
     jacp, jacr = tcp_jacobian(data, self.tcp_site, self.hand_root)
     jac = jnp.concatenate([jacp, jacr], axis=1).T  # [6, 7]
     mass = mjx.full_m(self.model, data)[:ARM_DOFS, :ARM_DOFS]
+    m_inv_jt = jnp.linalg.solve(mass, jac.T)  # [7, 6] = M^-1 J^T
+    lam = jnp.linalg.inv(jac @ m_inv_jt + 1e-4 * jnp.eye(6))  # task-space inertia
+    return TaskDynamics(jac=jac, lam=lam, jbar=m_inv_jt @ lam)
+
+  def torque_with(self, dyn: "TaskDynamics", data: mjx.Data, target: jax.Array) -> jax.Array:
+    """Arm torques [7] toward ``target`` with the task dynamics ``dyn`` (of this state or
+    of the control step's first substep); errors, velocities and the bias forces are
+    always those of ``data``."""
+    jac = dyn.jac
     qvel = data.qvel[:ARM_DOFS]
     qpos = data.qpos[:ARM_DOFS]
 
@@ -91,17 +120,13 @@ class OperationalSpaceController:
     kp = self.kp
     kd = 2.0 * self.damping_ratio * jnp.sqrt(kp)
     acc = kp * jnp.concatenate([err_pos, err_rot]) - kd * vel
-
-    m_inv_jt = jnp.linalg.solve(mass, jac.T)  # [7, 6] = M^-1 J^T
-    lam = jnp.linalg.inv(jac @ m_inv_jt + 1e-4 * jnp.eye(6))  # task-space inertia
-    tau_task = jac.T @ (lam @ acc)
+    tau_task = jac.T @ (dyn.lam @ acc)
 
     # Nullspace: posture PD filtered by (I - J^T Jbar^T), Jbar = M^-1 J^T Lambda, so the
     # posture pull cannot disturb the TCP.
     kn = self.nullspace_kp
     tau_post = kn * (self.q_home - qpos) - 2.0 * jnp.sqrt(kn) * qvel
-    jbar = m_inv_jt @ lam  # [7, 6]
-    tau_null = tau_post - jac.T @ (jbar.T @ tau_post)
+    tau_null = tau_post - jac.T @ (dyn.jbar.T @ tau_post)
 
     tau = tau_task + tau_null + data.qfrc_bias[:ARM_DOFS]
     return jnp.clip(tau, -self.tau_max, self.tau_max)

@@ -106,8 +106,12 @@ class PandaBase(Env):
       the ``mjx.Data`` after the last substep (may hold NaN if the physics blew up).
     """
 
+    ctrl_lib = self.controller
+    once = self.config.controller_rate == "control"
+    dyn = ctrl_lib.dynamics(data) if once else None
+
     def substep(data, _):
-      tau = self.controller.torque(data, target)
+      tau = ctrl_lib.torque_with(dyn if once else ctrl_lib.dynamics(data), data, target)
       ctrl = jnp.concatenate([tau, jnp.stack([finger, finger])])
       return mjx.step(self.mjx_model, data.replace(ctrl=ctrl)), None
 

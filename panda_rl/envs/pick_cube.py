@@ -7,6 +7,9 @@ Defaults that differ from the task's reference values, and why (measured, see BE
 
 * ``sim_dt = 0.005`` (4 substeps per 20 ms control step) instead of 0.002: grasps stay
   stable (the scripted policy's success rate is the check) at 2.5x fewer physics steps.
+  0.01 is 1.7-1.9x faster and the scripted policy still lifts 98.2% of cubes, but PPO with
+  the default recipe stopped grasping on two seeds (BENCHMARKS.md, "Speed work"), so it is
+  an option, not the default.
 * ``solver_iterations = 3``, ``ls_iterations = 4``: 2 iterations drop grasps (44% scripted
   success), 3 keep them (99.4%), at ~1.4x the speed of 4/8.
 * The home TCP is at (0.308, 0, 0.490): the DH model plus Franka's 0.1034 m TCP offset puts
@@ -52,6 +55,7 @@ __all__ = ["ASSET", "HOME_QPOS", "OBS_LAYOUT", "REWARD_TERMS", "REWARD_TYPES", "
 OBS_LAYOUT = (("tcp_pos", 3), ("tcp_vel", 3), ("gripper_pos", 1), ("cube_pos", 3))
 REWARD_TYPES = ("dense", "relative", "sparse")
 TARGET_MODES = ("tcp", "accumulate")
+CONTROLLER_RATES = ("substep", "control")
 # Dense-reward terms in summation order, and the config key of each one's scale.
 REWARD_TERMS = (("reach", "reach_weight"), ("lift", "lift_weight"))
 
@@ -87,6 +91,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.osc_kp = 200.0  # task-space stiffness (position and orientation)
   c.osc_damping_ratio = 1.0  # task-space damping ratio
   c.nullspace_kp = 10.0  # joint-space pull toward the home posture in the nullspace
+  # How often the controller's Jacobian and task-space inertia (its mass-matrix solves) are
+  # computed: "substep" (every physics substep) or "control" (once per control step, from
+  # the step's first state; errors, velocities and gravity still every substep).
+  c.controller_rate = "substep"
   c.max_finger_opening = 0.04  # per-finger travel (m); command 0 -> open, 1 -> closed
   c.reward_type = "dense"  # dense | relative | sparse
   c.reach_weight = 0.3  # dense reward: weight of exp(-reach_sharpness * |cube - tcp|)
@@ -113,6 +121,9 @@ def _config(overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
   if cfg.target_mode not in TARGET_MODES:
     raise ValueError(f"PandaPickCube: target_mode must be one of {TARGET_MODES}, "
                      f"got {cfg.target_mode!r}")
+  if cfg.controller_rate not in CONTROLLER_RATES:
+    raise ValueError(f"PandaPickCube: controller_rate must be one of {CONTROLLER_RATES}, "
+                     f"got {cfg.controller_rate!r}")
   n = cfg.ctrl_dt / cfg.sim_dt
   if abs(n - round(n)) > 1e-6 or round(n) < 1:
     raise ValueError(f"PandaPickCube: ctrl_dt ({cfg.ctrl_dt}) must be a positive integer "

@@ -129,23 +129,29 @@ class Controller:
     """[3] TCP linear velocity ``jacp qvel_arm``."""
     return self.jacobian(data)[:3] @ data.qvel[:ARM_DOFS]
 
-  def torque(self, data: mujoco.MjData, target: np.ndarray) -> np.ndarray:
-    """Arm torques [7] driving the TCP of ``data`` toward ``target`` [3]."""
-    jac = self.jacobian(data)
-    mujoco.mj_fullM(self.model, data, self._mass)
-    mass = self._mass[:ARM_DOFS, :ARM_DOFS]
+  def torque(self, data: mujoco.MjData, target: np.ndarray, dyn=None) -> np.ndarray:
+    """Arm torques [7] driving the TCP of ``data`` toward ``target`` [3]; ``dyn`` (from
+    :meth:`dynamics`) reuses an earlier state's Jacobian and task inertia."""
+    jac, lam, jbar = self.dynamics(data) if dyn is None else dyn
     qvel, qpos = data.qvel[:ARM_DOFS], data.qpos[:ARM_DOFS]
     rot = data.site_xmat[self.tcp].reshape(3, 3)
     err_pos = target - data.site_xpos[self.tcp]
     err_rot = orientation_error(rot, ROT_TARGET)
     acc = self.kp * np.concatenate([err_pos, err_rot]) - self.kd * (jac @ qvel)
-    m_inv_jt = np.linalg.solve(mass, jac.T)  # [7, 6]
-    lam = np.linalg.inv(jac @ m_inv_jt + 1e-4 * np.eye(6))
     tau_task = jac.T @ (lam @ acc)
     tau_post = self.kn * (self.q_home - qpos) - 2.0 * np.sqrt(self.kn) * qvel
-    tau_null = tau_post - jac.T @ ((m_inv_jt @ lam).T @ tau_post)
+    tau_null = tau_post - jac.T @ (jbar.T @ tau_post)
     tau = tau_task + tau_null + data.qfrc_bias[:ARM_DOFS]
     return np.clip(tau, -self.tau_max, self.tau_max)
+
+  def dynamics(self, data: mujoco.MjData):
+    """(jac [6, 7], task inertia [6, 6], M^-1 J^T Lambda [7, 6]) of ``data``."""
+    jac = self.jacobian(data)
+    mujoco.mj_fullM(self.model, data, self._mass)
+    mass = self._mass[:ARM_DOFS, :ARM_DOFS]
+    m_inv_jt = np.linalg.solve(mass, jac.T)  # [7, 6]
+    lam = np.linalg.inv(jac @ m_inv_jt + 1e-4 * np.eye(6))
+    return jac, lam, m_inv_jt @ lam
 
 
 class PandaPickCubeC:
@@ -280,8 +286,9 @@ class PandaPickCubeC:
     m, d = self.model, self.data
     saved = (d.qpos.copy(), d.qvel.copy(), d.qacc_warmstart.copy(), d.time)
     before = [d.warning[w].number for w in _BAD_PHYSICS]
+    dyn = self.controller.dynamics(d) if self.config.controller_rate == "control" else None
     for _ in range(self.n_substeps):
-      d.ctrl[:ARM_DOFS] = self.controller.torque(d, target)
+      d.ctrl[:ARM_DOFS] = self.controller.torque(d, target, dyn)
       d.ctrl[ARM_DOFS:] = finger
       mujoco.mj_step(m, d)
     bad = (any(d.warning[w].number > n for w, n in zip(_BAD_PHYSICS, before))
