@@ -37,8 +37,7 @@ from panda_rl import metrics as M
 from panda_rl import seeds
 from panda_rl import training
 from panda_rl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
-from panda_rl.config import config_to_dict, logger_backends
-from panda_rl.config import num_seeds, run_dir
+from panda_rl.config import config_to_dict, logger_backends, num_seeds, run_dir
 from panda_rl.logger import MetricLogger, check_backends
 from panda_rl.eval_videos import EvalVideos, video_recorder
 from panda_rl.lifecycle import Preemption, initial_state  # noqa: F401 (re-exported)
@@ -127,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       ``<runner.logger.log_path>/<project_name>/<experiment_name>``.
 
   Returns:
-    A :class:`TrainResult` with the final state and the last metrics.
+    A :class:`TrainResult` with the final state, the last metrics and every seed's curves
+    (``runner.num_seeds > 1``: the stacked state, the seeds' aggregate, ``per_seed``).
 
   Raises:
     ConfigError (PlacementError) / MissingBackendError: bad settings, before compiling.
