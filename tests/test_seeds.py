@@ -225,3 +225,12 @@ def test_learning_curve_plots_and_tabulates_every_seed(two, one, tmp_path, capsy
   assert "seed 1: iteration 2" in capsys.readouterr().out
   lc.main([str(one.workdir), "--plot"])  # one seed: one line, the default path
   assert (one.workdir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_cli_function_evaluates_the_chosen_seed(two):
+  from panda_rl.evaluate import evaluate_checkpoint
+
+  out = evaluate_checkpoint(str(two.workdir), episodes=4, policy_seed=1)
+  assert out["policy_seed"] == 1 and out[M.EVAL_NUM_EPISODES] == 4
+  with pytest.raises(ValueError, match="one of 0 .. 1"):
+    evaluate_checkpoint(str(two.workdir), episodes=4, policy_seed=5)
