@@ -31,6 +31,8 @@ def _check_resumable(config, ckpt: Checkpointer, say) -> bool:
 
 
 def _check_num_seeds(config, ckpt: Checkpointer) -> None:
+  """One clear error, before any array is read, when the checkpoint holds another number of
+  seeds (its state's leading seed axis would not fit)."""
   saved, now = num_seeds(ckpt.restore_config()), num_seeds(config)
   if saved != now:
     raise CheckpointError(
