@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.runner = ml_collections.ConfigDict()
   c.runner.seed = 0  # master PRNG seed
+  # Independent seeds trained at once in one program (seed k is the run of seed + k), each
+  # logged to <run dir>/seed_<k>/, their mean/min/max to the run dir; 1 = a plain run.
+  c.runner.num_seeds = 1
   c.runner.max_epochs = 150  # training iterations (4.9M env steps)
   c.runner.val_check_interval = 10  # evaluate every N iterations (0 = never)
   c.runner.save_interval = 50  # checkpoint every N iterations (and at the end)

@@ -231,6 +231,12 @@ def logger_backends(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
   return tuple(names)
 
 
+def num_seeds(config: Any) -> int:
+  """``runner.num_seeds`` (1 for configs saved before it existed)."""
+  runner = config["runner"] if "runner" in config else {}
+  return int(runner.get("num_seeds", 1))
+
+
 # --------------------------------------------------------------------------------------
 # Run directories.
 

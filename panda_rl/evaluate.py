@@ -9,6 +9,9 @@ With ``--video`` it also writes ``--num_videos`` deterministic episodes as mp4 f
 (``iter_<step>_ep<i>.mp4``, see :mod:`panda_rl.video`) to ``--video_dir``, by default
 ``<run dir>/video/evaluate``; size and frame rate default to the config's
 ``env.eval.video_cfg``.
+
+A checkpoint of several seeds (``runner.num_seeds``) holds one policy per seed:
+``--policy_seed K`` picks seed K's (default 0). (``--seed`` is the episodes' PRNG seed.)
 """
 
 import panda_rl  # noqa: F401  (first: sets XLA:CPU flags before any JAX backend starts)
@@ -39,13 +42,15 @@ def eval_env_settings(config) -> tuple:
 
 def evaluate_checkpoint(checkpoint: str, episodes: int = 100, seed: int = 0,
                         step: Optional[int] = None, num_envs: Optional[int] = None, *,
-                        policy: Optional[Callable] = None) -> Dict[str, float]:
+                        policy: Optional[Callable] = None,
+                        policy_seed: int = 0) -> Dict[str, float]:
   """Loads the policy of ``checkpoint`` and evaluates it on its config's eval env.
 
-  ``policy``: an already loaded ``panda_rl.load_policy(checkpoint, step=step)``.
+  ``seed``: PRNG seed of the episodes; ``policy_seed``: which seed's policy of a multi-seed
+  checkpoint; ``policy``: an already loaded ``panda_rl.load_policy(checkpoint, step=step)``.
   """
   if policy is None:
-    policy = panda_rl.load_policy(checkpoint, step=step, deterministic=True)
+    policy = panda_rl.load_policy(checkpoint, step=step, deterministic=True, seed=policy_seed)
   env_id, overrides = eval_env_settings(policy.config)
   env = panda_rl.make(env_id, **overrides)
   batch = num_envs or int(policy.config.env.eval.num_envs)
@@ -55,6 +60,8 @@ def evaluate_checkpoint(checkpoint: str, episodes: int = 100, seed: int = 0,
   out = evaluate_policy(env, policy, episodes, jax.random.PRNGKey(seed), num_envs=batch,
                         settings=settings)
   out["step"] = policy.step
+  if getattr(policy, "num_seeds", 1) > 1:
+    out["policy_seed"] = policy.seed
   out["env_id"] = env_id
   return out
 
@@ -114,6 +121,8 @@ def _define_flags():
   flags.DEFINE_integer("episodes", 100, "Number of evaluation episodes.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest complete one).")
   flags.DEFINE_integer("seed", 0, "PRNG seed of the evaluation episodes.")
+  flags.DEFINE_integer("policy_seed", 0, "Which seed's policy of a checkpoint of several "
+                       "seeds (runner.num_seeds): 0 .. num_seeds - 1.")
   flags.DEFINE_integer("num_envs", None, "Parallel envs (default: the config's "
                        "env.eval.num_envs).")
   flags.DEFINE_bool("json", False, "Also print the results as one JSON line.")
@@ -135,14 +144,16 @@ def main(argv) -> None:
   f = start(argv)
   t0 = time.perf_counter()
   try:
-    policy = panda_rl.load_policy(f.checkpoint, step=f.step, deterministic=True)
+    policy = panda_rl.load_policy(f.checkpoint, step=f.step, deterministic=True,
+                                  seed=f.policy_seed)
     out = evaluate_checkpoint(f.checkpoint, f.episodes, f.seed, f.step, f.num_envs,
                               policy=policy)
   except (CheckpointError, ValueError) as e:
     fail("panda_rl.evaluate", e)
   n = out[M.EVAL_NUM_EPISODES]
   s = out[M.EVAL_SUCCESS_ONCE]
-  print(f"checkpoint step {out['step']} on {out['env_id']}: {n} episodes in "
+  which = f" (seed {out['policy_seed']})" if "policy_seed" in out else ""
+  print(f"checkpoint step {out['step']}{which} on {out['env_id']}: {n} episodes in "
         f"{time.perf_counter() - t0:.1f}s")
   print(f"success rate: {s:.3f} ({int(round(s * n))}/{n})")
   print(f"mean return: {out[M.EVAL_RETURN]:.3f}")

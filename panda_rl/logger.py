@@ -271,7 +271,8 @@ class MetricLogger:
 
 
 def make_logger(config, log_dir: str | Path, *, purge_step: Optional[int] = None,
-                process_index: Optional[int] = None) -> MetricLogger:
+                process_index: Optional[int] = None,
+                run_name: Optional[str] = None) -> MetricLogger:
   """Builds the backends named in ``config.runner.logger.logger_backends``.
 
   Args:
@@ -282,6 +283,8 @@ def make_logger(config, log_dir: str | Path, *, purge_step: Optional[int] = None
       W&B and SwanLab continue the run directory's run and skip the steps it already has.
       ``None``: a fresh start (new W&B / SwanLab run).
     process_index: defaults to ``jax.process_index()``; only process 0 logs.
+    run_name: the W&B / SwanLab run name (default ``runner.logger.experiment_name``; one
+      seed of a multi-seed run: ``<experiment_name>/seed_<k>``).
   """
   from panda_rl.config import config_to_dict, logger_backends
 
@@ -299,23 +302,24 @@ def make_logger(config, log_dir: str | Path, *, purge_step: Optional[int] = None
   cfg = config_to_dict(config)
   backends = []
   try:
-    _open_backends(names, backends, log_dir, purge_step, config, lg, cfg)
+    _open_backends(names, backends, log_dir, purge_step, config,
+                   run_name or lg.experiment_name, lg.project_name, cfg)
   except BaseException:
     MetricLogger(backends).close()  # the ones already open
     raise
   return MetricLogger(backends)
 
 
-def _open_backends(names, backends, log_dir, purge_step, config, lg, cfg) -> None:
+def _open_backends(names, backends, log_dir, purge_step, config, name, project, cfg) -> None:
   for name in names:
     if name == "tensorboard":
       backends.append(_TensorBoard(log_dir, purge_step, config.to_json(indent=2)
                                    if hasattr(config, "to_json") else ""))
     elif name == "wandb":
-      backends.append(_WandB(log_dir, lg.project_name, lg.experiment_name, cfg,
+      backends.append(_WandB(log_dir, project, name, cfg,
                              resume=purge_step is not None))
     elif name == "swanlab":
-      backends.append(_SwanLab(log_dir, lg.project_name, lg.experiment_name, cfg,
+      backends.append(_SwanLab(log_dir, project, name, cfg,
                                resume=purge_step is not None))
 
 
@@ -343,12 +347,19 @@ def read_scalars(log_dir: str | Path) -> Dict[str, List[Tuple[int, float, float]
   """All scalars in the event files under ``log_dir``: tag -> [(step, value, wall_time)].
 
   Honours the purge markers written on resume: a later ``purge_step`` drops the earlier
-  points at or after it, as TensorBoard does.
+  points at or after it, as TensorBoard does. The ``seed_<k>/`` runs inside a multi-seed
+  run directory are other runs (:mod:`panda_rl.seeds`) and are not read: read them with
+  ``read_scalars(<run_dir>/seed_<k>)``.
   """
   from tensorboardX.proto import event_pb2
 
+  from panda_rl.seeds import is_seed_dir
+
   files = []
-  for path in Path(log_dir).rglob("*tfevents*"):
+  root = Path(log_dir)
+  for path in root.rglob("*tfevents*"):
+    if any(is_seed_dir(part) for part in path.relative_to(root).parts[:-1]):
+      continue
     events = [event_pb2.Event.FromString(data) for data in _records(path)]
     if events:
       files.append((events[0].wall_time, str(path), events))

@@ -120,8 +120,9 @@ DEFINITIONS: Dict[str, str] = {
     EVAL_NUM_EPISODES: "number of evaluation episodes (python -m panda_rl.evaluate).",
     COMPILE_S: "first iteration only: seconds spent compiling the iteration program(s).",
     ITERATION_S: "wall seconds of the iteration (device work + host sync).",
-    ENV_STEPS_PER_S: "env steps of the iteration / time/iteration_s.",
-    ENV_STEPS: "total env steps so far (x axis for success vs env steps).",
+    ENV_STEPS_PER_S: "env steps of the iteration / time/iteration_s (of one seed: with "
+                     "runner.num_seeds = S the machine simulates S times as many).",
+    ENV_STEPS: "total env steps so far, of one seed (x axis for success vs env steps).",
     WALL_S: "seconds since this process started training (setup and compile included).",
     EVAL_S: "wall seconds of an evaluation (the first one includes its compile).",
     VIDEO_S: "wall seconds of writing an evaluation's videos (the first: + compile).",

@@ -71,8 +71,16 @@ def make_policy_apply(config: Any, action_size: int, deterministic: bool = True,
   return act_fn(agent, bool(config.algorithm.normalize_obs), deterministic)
 
 
+def _check_seed(seed: Any, count: int, where: Any) -> None:
+  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < count:
+    return
+  which = "seed must be 0" if count == 1 else f"seed must be one of 0 .. {count - 1}"
+  raise ValueError(f"seed={seed!r}: checkpoint {where} holds {count} seed(s) "
+                   f"(runner.num_seeds={count}); {which}.")
+
+
 def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None,
-                deterministic: bool = True) -> Callable[..., Array]:
+                deterministic: bool = True, seed: int = 0) -> Callable[..., Array]:
   """Loads a jitted ``obs -> action`` function from a training checkpoint.
 
   Args:
@@ -82,6 +90,8 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
       complete one).
     deterministic: True -> the Gaussian mean (evaluation); False -> a sample, and the
       returned function takes a key: ``policy(obs, key)``.
+    seed: which seed's policy of a multi-seed checkpoint (``runner.num_seeds = S``: 0 ..
+      S - 1; seed k is the run of ``runner.seed + k``); 0 for a 1-seed checkpoint.
 
   Returns:
     ``policy(obs, key=None) -> action``: obs [..., obs_dim] (one observation or a batch)
@@ -89,14 +99,18 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
     pass the env's dict, every leaf with the same leading axes (e.g. ``front`` [B, H, W, 3]
     uint8, ``tcp_pos`` [B, 3], ``instruction`` [B, L]); the network (``actor.model.encoder``)
     is rebuilt from the saved config. The function carries ``.config`` (the saved
-    ConfigDict), ``.step`` and ``.action_size`` attributes, and ``.apply``, ``.params``
+    ConfigDict), ``.step``, ``.seed``, ``.num_seeds`` and ``.action_size`` attributes, and
+    ``.apply``, ``.params``
     and ``.normalizer`` (``policy(obs, key) == apply(params, normalizer, obs, key)``, the
     pure :func:`act_fn`; what an exporter traces with the parameters as constants).
+
+  Raises:
+    CheckpointError: no usable checkpoint. ValueError: ``seed`` not in 0 .. S - 1.
   """
   from panda_rl import normalizer as norm_lib
   from panda_rl.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_path
   from panda_rl.checkpoint import restore_subtree
-  from panda_rl.config import config_from_dict
+  from panda_rl.config import config_from_dict, num_seeds
 
   root, named_step = resolve_checkpoint_path(checkpoint_dir)
   ckpt = Checkpointer(root, read_only=True)
@@ -106,6 +120,8 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
     saved = ckpt.saved_tree(step)
   finally:
     ckpt.close()
+  count = num_seeds(config)
+  _check_seed(seed, count, root / str(step))
   try:
     target = {"params": {"policy": _abstract(saved["params"]["policy"])},
               "normalizer": _abstract(saved["normalizer"])}
@@ -114,6 +130,8 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
                           f"in its saved state ({e!r}); is it a panda_rl training "
                           "checkpoint?") from e
   restored = restore_subtree(root, step, target)
+  if count > 1:  # the checkpoint holds every seed: leaves [S, ...]
+    restored = jax.tree.map(lambda x: x[seed], restored)
   policy_params = jax.tree.map(jnp.asarray, restored["params"]["policy"])
   n = restored["normalizer"]
   stats = norm_lib.RunningStats(mean=jax.tree.map(jnp.asarray, n["mean"]),
@@ -133,6 +151,8 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
   # it with them as constants.
   policy.config = config
   policy.step = step
+  policy.seed = seed
+  policy.num_seeds = count
   policy.action_size = action_size
   policy.deterministic = deterministic
   policy.apply = apply

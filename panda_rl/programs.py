@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from panda_rl import program_cache
 from panda_rl import rollout as rollout_lib
@@ -84,25 +85,40 @@ class IterationFns(NamedTuple):
   settings: Any = None
 
 
-class SingleProgram:
-  """env == rollout == actor: ``fns.iteration`` as one jitted program."""
+def _with_seed_axis(shardings: Any) -> Any:
+  """Per-seed shardings -> those of the stacked state: the seed axis leads, unsharded."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
 
-  def __init__(self, fns: IterationFns, placement: Placement):
+
+class SingleProgram:
+  """env == rollout == actor: ``fns.iteration`` as one jitted program.
+
+  ``num_seeds = S > 1``: ``fns.init`` and ``fns.iteration`` ``jax.vmap``ped over a leading
+  seed axis of the whole state (init takes [S, 2] keys; :mod:`panda_rl.seeds`); on several
+  devices the env batch of every seed is sharded as for one seed.
+  """
+
+  def __init__(self, fns: IterationFns, placement: Placement, num_seeds: int = 1):
     self.placement = placement
+    init, iteration, what = fns.init, fns.iteration, fns.settings
+    if num_seeds > 1:
+      init, iteration = jax.vmap(init), jax.vmap(iteration)
+      what = None if what is None else {"settings": what, "num_seeds": num_seeds}
     if placement.single_device:
-      self._init = jax.jit(fns.init)
+      self._init = jax.jit(init)
       # The state is donated: its buffers are reused for the new state.
-      if fns.settings is not None:
-        self._iteration = program_cache.jit(fns.iteration, "iteration", fns.settings,
-                                            donate_argnums=(0,))
+      if what is not None:
+        self._iteration = program_cache.jit(iteration, "iteration", what, donate_argnums=(0,))
       else:
-        self._iteration = jax.jit(fns.iteration, donate_argnums=0)
+        self._iteration = jax.jit(iteration, donate_argnums=0)
       return
-    abstract = jax.eval_shape(fns.init, jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(fns.init, jax.random.PRNGKey(0))  # one seed's state
     self.state_shardings = placement.state_shardings(abstract)
+    if num_seeds > 1:
+      self.state_shardings = _with_seed_axis(self.state_shardings)
     metrics = placement.replicated("actor")
-    self._init = jax.jit(fns.init, out_shardings=self.state_shardings)
-    self._iteration = jax.jit(fns.iteration, in_shardings=(self.state_shardings,),
+    self._init = jax.jit(init, out_shardings=self.state_shardings)
+    self._iteration = jax.jit(iteration, in_shardings=(self.state_shardings,),
                               out_shardings=(self.state_shardings, metrics), donate_argnums=0)
 
   def init(self, key: Array) -> Any:
@@ -295,10 +311,14 @@ class StagedPrograms:
     return self._merge_env(states), traj
 
 
-def build(fns: IterationFns, placement: Placement, transfer_method: str = "auto") -> Any:
+def build(fns: IterationFns, placement: Placement, transfer_method: str = "auto",
+          num_seeds: int = 1) -> Any:
   """The programs that run iterations of ``fns`` under ``placement``; ``transfer_method`` is the
   :class:`panda_rl.transfer.Mover` method between groups ("auto", "device_put",
-  "collective")."""
+  "collective"); ``num_seeds > 1``: the seeds vmapped in one program (collocated only)."""
   if placement.single_device or placement.collocated:
-    return SingleProgram(fns, placement)
+    return SingleProgram(fns, placement, num_seeds)
+  if num_seeds > 1:
+    raise ValueError(f"num_seeds={num_seeds} needs the collocated placement, got "
+                     f"{placement.spec!r}")
   return StagedPrograms(fns, placement, transfer_method)

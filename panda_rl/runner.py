@@ -8,7 +8,9 @@ logs every metric (``time/*`` named in :mod:`panda_rl.metrics`), evaluates every
 ``runner.val_check_interval`` iterations (and writes evaluation videos if asked), checkpoints
 every ``runner.save_interval`` iterations and at the end (flushing the loggers with each
 checkpoint), resumes (``runner.resume=True``), and stops with a clear error if the loss becomes
-NaN::
+NaN. With ``runner.num_seeds = S > 1`` the iteration and the evaluation run every seed at once
+and each seed logs to ``<run dir>/seed_<k>/``, the run directory gets their mean / min / max
+(:mod:`panda_rl.seeds`)::
 
     from panda_rl.config import load_config
     from panda_rl.runner import train_and_evaluate
@@ -23,20 +25,22 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import ml_collections
+import numpy as np
 
 import panda_rl
 from panda_rl import compile_cache
 from panda_rl import metrics as M
+from panda_rl import seeds
 from panda_rl import training
-from panda_rl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, CheckpointError
-from panda_rl.config import RESUME_FREE_FIELDS, config_diff, config_to_dict, logger_backends
-from panda_rl.config import run_dir
-from panda_rl.logger import MetricLogger, check_backends, make_logger
+from panda_rl.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from panda_rl.config import config_to_dict, logger_backends, num_seeds, run_dir
+from panda_rl.logger import MetricLogger, check_backends
 from panda_rl.eval_videos import EvalVideos, video_recorder
+from panda_rl.lifecycle import Preemption, initial_state  # noqa: F401 (re-exported)
 
 # Metrics whose non-finite value means the parameters are poisoned.
 _NAN_GUARDED = (M.LOSS, M.POLICY_LOSS, M.VALUE_LOSS)
@@ -56,6 +60,13 @@ class TrainResult:
     eval_metrics: host floats of the last evaluation (empty if none ran).
     workdir: the run directory (event files, ``checkpoints/``).
     checkpoint_step: step of the last checkpoint written (None if none).
+    num_seeds: ``runner.num_seeds`` = S. With S > 1 ``state`` is the stacked state of the
+      seeds (:meth:`seed_state`), ``metrics`` and ``eval_metrics`` their aggregate (mean,
+      ``<name>_min``, ``<name>_max``; :func:`panda_rl.seeds.aggregate`).
+    per_seed: per seed k, ``{metric name: [(iteration, value), ...]}`` of the iterations
+      this call ran (``eval/*`` at the evaluated ones): the seeds' curves. One entry for
+      S = 1.
+    seed_eval_metrics: per seed, host floats of its last evaluation.
   """
 
   state: Any
@@ -63,10 +74,15 @@ class TrainResult:
   eval_metrics: Dict[str, float]
   workdir: Path
   checkpoint_step: Optional[int]
+  num_seeds: int = 1
+  per_seed: List[Dict[str, List[Tuple[int, float]]]] = dataclasses.field(default_factory=list)
+  seed_eval_metrics: List[Dict[str, float]] = dataclasses.field(default_factory=list)
 
-
-def _host(trainer, metrics: Mapping[str, Any]) -> Dict[str, float]:
-  return {k: float(v) for k, v in trainer.fetch(dict(metrics)).items()}
+  def seed_state(self, k: int) -> Any:
+    """Seed ``k``'s TrainState (for S = 1 the state itself, k = 0)."""
+    if not 0 <= k < self.num_seeds:
+      raise IndexError(f"seed {k} of a run of {self.num_seeds} seed(s)")
+    return self.state if self.num_seeds == 1 else seeds.select(self.state, k)
 
 
 def _eval_key(seed: int, iteration: int) -> jax.Array:
@@ -74,6 +90,11 @@ def _eval_key(seed: int, iteration: int) -> jax.Array:
   # so evaluation never changes the training trajectory and a resumed run evaluates alike.
   return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x65766131),
                             iteration)
+
+
+def _eval_keys(seed: int, count: int, iteration: int) -> jax.Array:
+  """The evaluation key of ``seed`` (one seed) or the [S, 2] keys of seeds seed + k."""
+  return seeds.per_seed(lambda s: _eval_key(s, iteration), seed, count)
 
 
 def _say(pbar, msg: str) -> None:
@@ -92,105 +113,6 @@ def _progress(total: int, initial: int):
 
 
 # --------------------------------------------------------------------------------------
-# Starting or resuming.
-
-
-def _check_resumable(config, ckpt: Checkpointer, say) -> bool:
-  """Whether to restore; raises on an existing run without ``runner.resume``."""
-  steps = ckpt.all_steps()
-  if steps and not config.runner.resume:
-    raise CheckpointError(
-        f"{str(ckpt.directory)!r} already holds checkpoints (steps {steps}). Continue that "
-        "run with --config.runner.resume=True, or start a new one under another "
-        "--config.runner.logger.experiment_name (or delete the directory).")
-  if not steps and config.runner.resume:
-    extra = ""
-    if ckpt.incomplete():
-      extra = " (ignoring incomplete saves: " + ", ".join(
-          p.name for p in ckpt.incomplete()) + ")"
-    say(f"runner.resume=True but no complete checkpoint in {ckpt.directory}{extra}; "
-        "starting from scratch.")
-  return bool(steps)
-
-
-def initial_state(trainer, config, ckpt: Checkpointer, key: jax.Array, say):
-  """A fresh state, or the newest complete checkpoint's (``runner.resume=True``)."""
-  if not _check_resumable(config, ckpt, say):
-    return trainer.init(key)
-  # The restore target carries the placement's shardings: orbax reads each process's shards
-  # straight onto its devices.
-  state, saved_config, step = ckpt.restore(trainer.checkpoint_target(key),
-                                           current_config=config)
-  state = trainer.from_checkpoint(state)
-  diff = config_diff(saved_config, config, ignore=RESUME_FREE_FIELDS)
-  if diff:
-    say("Resuming with config changes (checkpoint -> now):\n  " + "\n  ".join(diff))
-  saved_epochs = saved_config.get("runner", {}).get("max_epochs")
-  if config.actor.optim.lr_schedule != "constant" and saved_epochs != config.runner.max_epochs:
-    say(f"Note: runner.max_epochs changed ({saved_epochs} -> {config.runner.max_epochs}) "
-        f"and the {config.actor.optim.lr_schedule!r} learning-rate schedule decays over "
-        "it, so the rest of the run differs from an uninterrupted one.")
-  say(f"Resumed from checkpoint step {step} ({ckpt.directory / str(step)}).")
-  return state
-
-
-# --------------------------------------------------------------------------------------
-# Stopping early.
-
-
-class Preemption:
-  """SIGTERM / SIGINT end a run cleanly: the current iteration finishes, a checkpoint is
-  written, and the run returns (the CLI exits 0); ``runner.resume=True`` continues exactly.
-
-  One process: Python signal handlers set a flag (a second SIGINT interrupts at once).
-  Several processes (``jax.distributed``): JAX's preemption service, which listens for
-  SIGTERM on every process and agrees on one step for all of them
-  (``multihost_utils.reached_preemption_sync_point``); SIGINT is not propagated there.
-  """
-
-  SIGNALS = ("SIGTERM", "SIGINT")
-
-  def __init__(self):
-    import signal
-    import threading
-
-    self.received: Optional[str] = None
-    self._previous = {}
-    self._multi = jax.process_count() > 1
-    if threading.current_thread() is not threading.main_thread():
-      return  # signal handlers can only be installed from the main thread
-    for name in self.SIGNALS if not self._multi else ("SIGINT",):
-      sig = getattr(signal, name)
-      self._previous[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame) -> None:
-    import signal
-
-    del frame
-    self.received = signal.Signals(signum).name
-    signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one: now
-
-  def requested(self, step: int) -> bool:
-    """Whether to stop after ``step`` (called once per iteration, on every process)."""
-    if self._multi:
-      from jax.experimental import multihost_utils
-
-      try:
-        if multihost_utils.reached_preemption_sync_point(step):
-          self.received = "SIGTERM"
-      except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
-        pass
-    return self.received is not None
-
-  def close(self) -> None:
-    import signal
-
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
-
-
-# --------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -204,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       ``<runner.logger.log_path>/<project_name>/<experiment_name>``.
 
   Returns:
-    A :class:`TrainResult` with the final state and the last metrics.
+    A :class:`TrainResult` with the final state, the last metrics and every seed's curves
+    (``runner.num_seeds > 1``: the stacked state, the seeds' aggregate, ``per_seed``).
 
   Raises:
     ConfigError (PlacementError) / MissingBackendError: bad settings, before compiling.
@@ -253,17 +176,23 @@ class _InBackground:
 
 
 class _Run:
-  """The host side of one training run: sequencing, timing, logging, evaluation, saving."""
+  """The host side of one training run: sequencing, timing, logging, evaluation, saving.
+
+  Metrics travel as one dict of host floats per seed (one dict for S = 1)."""
 
   def __init__(self, config, trainer, ckpt: Checkpointer, workdir: Path,
                record_video: Optional[EvalVideos], t_enter: float):
     self.config, self.r = config, config.runner
     self.trainer, self.ckpt, self.workdir = trainer, ckpt, workdir
     self.record_video = record_video
-    self.logger: MetricLogger = MetricLogger()
+    self.num_seeds = num_seeds(config)
+    self.loggers = seeds.RunLoggers(MetricLogger())
     self.pbar = None
     self.last_saved: Optional[int] = None
     self.eval_metrics: Dict[str, float] = {}
+    self.seed_eval_metrics: List[Dict[str, float]] = []
+    self.history: List[Dict[str, List[Tuple[int, float]]]] = [
+        {} for _ in range(self.num_seeds)]
     self.success = float("nan")  # last finite env/success_once, for the progress bar
     self.preemption = Preemption()
     self.t_enter = t_enter  # when train_and_evaluate was called
@@ -276,16 +205,26 @@ class _Run:
     if self.pbar is not None:
       self.pbar.close()
     self.ckpt.close()  # waits for in-flight saves: the last started checkpoint completes
-    self.logger.close()  # flushes every backend
+    self.loggers.close()  # flushes every backend
+
+  def _key(self) -> jax.Array:
+    return seeds.per_seed(jax.random.PRNGKey, int(self.r.seed), self.num_seeds)
+
+  def _count(self, counter) -> int:
+    """A host int of a state counter (equal for every seed)."""
+    return int(np.asarray(self.trainer.fetch(counter)).reshape(-1)[0])
+
+  def _result(self, state, metrics: Dict[str, float]) -> TrainResult:
+    return TrainResult(state, metrics, self.eval_metrics, self.workdir, self.last_saved,
+                       self.num_seeds, self.history, self.seed_eval_metrics)
 
   def _start(self):
     """(state, first iteration to run): restores or initialises, opens the loggers."""
-    state = initial_state(self.trainer, self.config, self.ckpt,
-                          jax.random.PRNGKey(self.r.seed), self.say)
-    start = int(self.trainer.fetch(state.iteration))
+    state = initial_state(self.trainer, self.config, self.ckpt, self._key(), self.say)
+    start = self._count(state.iteration)
     self.last_saved = self.ckpt.latest_step()
-    self.logger = make_logger(self.config, self.workdir,
-                              purge_step=start + 1 if start > 0 else None)
+    self.loggers = seeds.RunLoggers.open(self.config, self.workdir, self.num_seeds,
+                                         purge_step=start + 1 if start > 0 else None)
     if jax.process_index() == 0:
       self.workdir.mkdir(parents=True, exist_ok=True)
       (self.workdir / "config.json").write_text(
@@ -301,7 +240,7 @@ class _Run:
     compiles on one core each, and tracing overlaps compiling."""
     if not self.trainer.placement.single_device or self.ckpt.all_steps():
       return None
-    abstract = self.trainer.abstract_state(jax.random.PRNGKey(self.r.seed))
+    abstract = self.trainer.abstract_state(self._key())
     return _InBackground(lambda: self.trainer.compile_iteration(abstract))
 
   def train(self) -> TrainResult:
@@ -311,34 +250,39 @@ class _Run:
     if start >= r.max_epochs:
       self.say(f"Nothing to do: the checkpoint is at iteration {start} >= "
                f"runner.max_epochs={r.max_epochs}.")
-      return TrainResult(state, {}, {}, self.workdir, self.last_saved)
+      return self._result(state, {})
     t_setup = time.perf_counter()  # the initial state is ready
     step_fn, compile_s = (ahead.result() if ahead is not None
                           else self.trainer.compile_iteration(state))
     t_ready = time.perf_counter()
-    env_steps = int(self.trainer.fetch(state.env_steps))
+    env_steps = self._count(state.env_steps)
     self.pbar = _progress(r.max_epochs, start)
     metrics: Dict[str, float] = {}
     done = start
     for done in range(start + 1, r.max_epochs + 1):
       t0 = time.perf_counter()
       state, device_metrics = step_fn(state)
-      metrics = _host(self.trainer, device_metrics)  # blocks until the iteration has finished
-      steps_before, env_steps = env_steps, int(self.trainer.fetch(state.env_steps))
-      self._timing(metrics, time.perf_counter() - t0, env_steps - steps_before, env_steps,
-                   self.t_enter, compile_s if done == start + 1 else False)
+      # Blocks until the iteration has finished.
+      per_seed = seeds.split(self.trainer.fetch(dict(device_metrics)), self.num_seeds)
+      steps_before, env_steps = env_steps, self._count(state.env_steps)
+      timing = self._timing(time.perf_counter() - t0, env_steps - steps_before, env_steps,
+                            self.t_enter, compile_s if done == start + 1 else False)
+      for m in per_seed:
+        m.update(timing)
       if done == start + 1:
         self._report_start(t_ready - self.t_enter, t_setup - self.t_enter, compile_s,
-                           metrics[M.ITERATION_S])
-      self._after_iteration(state, metrics, done, env_steps)
+                           timing[M.ITERATION_S])
+      metrics = self._after_iteration(state, per_seed, done, env_steps)
       if done < r.max_epochs and self.preemption.requested(done):
         self._stop_early(state, done, env_steps)
         break
     self.pbar.close()
     self.ckpt.wait_until_finished()
-    self.say(f"Done: {done} iterations, {env_steps:,} env steps in "
-             f"{time.perf_counter() - self.t_enter:.1f}s; checkpoints in {self.ckpt.directory}.")
-    return TrainResult(state, metrics, self.eval_metrics, self.workdir, self.last_saved)
+    self.say(f"Done: {done} iterations, {env_steps:,} env steps"
+             + (f" per seed ({self.num_seeds} seeds)" if self.num_seeds > 1 else "")
+             + f" in {time.perf_counter() - self.t_enter:.1f}s; checkpoints in "
+             f"{self.ckpt.directory}.")
+    return self._result(state, metrics)
 
   def _stop_early(self, state, done: int, env_steps: int) -> None:
     if self.last_saved != done:
@@ -362,34 +306,49 @@ class _Run:
     self.say(f"Started in {started_s:.1f}s ({parts}); first iteration {iteration_s:.1f}s.")
 
   @staticmethod
-  def _timing(metrics, dt: float, steps: int, env_steps: int, t_run: float, compile_s):
-    metrics[M.ITERATION_S] = dt
-    metrics[M.ENV_STEPS_PER_S] = steps / max(dt, 1e-9)
-    metrics[M.ENV_STEPS] = float(env_steps)
-    metrics[M.WALL_S] = time.perf_counter() - t_run
+  def _timing(dt: float, steps: int, env_steps: int, t_run: float, compile_s
+              ) -> Dict[str, float]:
+    """``time/*`` of an iteration (per seed: env steps and their rate are one seed's)."""
+    out = {M.ITERATION_S: dt, M.ENV_STEPS_PER_S: steps / max(dt, 1e-9),
+           M.ENV_STEPS: float(env_steps), M.WALL_S: time.perf_counter() - t_run}
     if compile_s is not False:
       # Without ahead-of-time compilation the first iteration's time includes compiling.
-      metrics[M.COMPILE_S] = compile_s if compile_s is not None else dt
+      out[M.COMPILE_S] = compile_s if compile_s is not None else dt
+    return out
 
-  def _after_iteration(self, state, metrics: Dict[str, float], done: int,
-                       env_steps: int) -> None:
+  def _after_iteration(self, state, per_seed: List[Dict[str, float]], done: int,
+                       env_steps: int) -> Dict[str, float]:
+    """Checks, evaluates, logs and saves after iteration ``done``; the run's metrics."""
     r = self.r
-    self._check_finite(metrics, done)
+    self._check_finite(per_seed, done)
     if r.val_check_interval > 0 and (done % r.val_check_interval == 0
                                      or done == r.max_epochs):
-      metrics.update(self._evaluate(state, done, env_steps))
-    self.logger.log(metrics, step=done)
+      for m, out in zip(per_seed, self._evaluate(state, done, env_steps)):
+        m.update(out)
+    metrics = self._log(per_seed, done)
     if (r.save_interval > 0 and done % r.save_interval == 0) or done == r.max_epochs:
       self._save(state, done, env_steps)
     self._progress(metrics, env_steps)
+    return metrics
 
-  def _check_finite(self, metrics: Dict[str, float], done: int) -> None:
-    """NaN guard: stop before anything of a diverged iteration reaches a checkpoint."""
-    bad = {k: metrics[k] for k in _NAN_GUARDED if k in metrics and not math.isfinite(metrics[k])}
+  def _log(self, per_seed: List[Dict[str, float]], done: int) -> Dict[str, float]:
+    for curves, m in zip(self.history, per_seed):
+      for name, value in m.items():
+        curves.setdefault(name, []).append((done, value))
+    return self.loggers.log(per_seed, done)
+
+  def _check_finite(self, per_seed: List[Dict[str, float]], done: int) -> None:
+    """NaN guard: stop before anything of a diverged iteration reaches a checkpoint (any
+    seed's loss)."""
+    bad = {}
+    for k, m in enumerate(per_seed):
+      for name in _NAN_GUARDED:
+        if name in m and not math.isfinite(m[name]):
+          bad[name if self.num_seeds == 1 else f"{name} (seed {k})"] = m[name]
     if not bad:
       return
-    self.logger.log(metrics, step=done)
-    self.logger.flush()
+    self._log(per_seed, done)
+    self.loggers.flush()
     self.ckpt.wait_until_finished()
     where = (f"the last good checkpoint is step {self.last_saved} in {self.ckpt.directory}"
              if self.last_saved is not None else "no checkpoint was written")
@@ -398,28 +357,46 @@ class _Run:
         f"later iteration; {where}. Try a lower actor.optim.lr or actor.optim.max_grad_norm, "
         "then --config.runner.resume=True to continue from the last good checkpoint.")
 
-  def _evaluate(self, state, done: int, env_steps: int) -> Dict[str, float]:
-    key = _eval_key(self.r.seed, done)
+  def _evaluate(self, state, done: int, env_steps: int) -> List[Dict[str, float]]:
+    """Every seed's evaluation (one vmapped program), one dict per seed."""
+    key = _eval_keys(int(self.r.seed), self.num_seeds, done)
     t0 = time.perf_counter()
-    out = _host(self.trainer, self.trainer.evaluate(state, key))
-    out[M.EVAL_S] = time.perf_counter() - t0  # the first evaluation includes its compile
+    per_seed = seeds.split(self.trainer.fetch(dict(self.trainer.evaluate(state, key))),
+                           self.num_seeds)
+    shared = {M.EVAL_S: time.perf_counter() - t0}  # the first includes its compile
     if self.record_video is not None:
-      if jax.process_count() > 1:  # process 0 renders: the policy's values, on every process
-        params, normalizer = self.trainer.fetch((state.params, state.normalizer))
-        state = state.replace(params=params, normalizer=normalizer)
-      if jax.process_index() == 0:
-        out.update(self.record_video.safe_record(self.trainer, state, key, done))
-    self.eval_metrics = out
-    self.say(f"[iter {done}/{self.r.max_epochs}] env steps {env_steps:,}  " + "  ".join(
-        f"{k}={v:.4g}" for k, v in out.items()))
-    return out
+      shared.update(self._videos(state, key, done))
+    for m in per_seed:
+      m.update(shared)
+    self.seed_eval_metrics = per_seed
+    self.eval_metrics = per_seed[0] if self.num_seeds == 1 else seeds.aggregate(per_seed)
+    shown = per_seed[0] if self.num_seeds == 1 else {
+        k: v for k, v in self.eval_metrics.items()
+        if not k.endswith((seeds.MIN_SUFFIX, seeds.MAX_SUFFIX))}
+    line = "  ".join(f"{k}={v:.4g}" for k, v in shown.items())
+    if self.num_seeds > 1:
+      line = (f"mean over {self.num_seeds} seeds: {line}  {M.EVAL_SUCCESS_ONCE} per seed: "
+              + " ".join(f"{m[M.EVAL_SUCCESS_ONCE]:.3g}" for m in per_seed))
+    self.say(f"[iter {done}/{self.r.max_epochs}] env steps {env_steps:,}  {line}")
+    return per_seed
+
+  def _videos(self, state, key, done: int) -> Dict[str, float]:
+    """The evaluation videos (of seed 0 in a multi-seed run)."""
+    if self.num_seeds > 1:
+      state, key = seeds.select(state, 0), key[0]
+    if jax.process_count() > 1:  # process 0 renders: the policy's values, on every process
+      params, normalizer = self.trainer.fetch((state.params, state.normalizer))
+      state = state.replace(params=params, normalizer=normalizer)
+    if jax.process_index() == 0:
+      return self.record_video.safe_record(self.trainer, state, key, done)
+    return {}
 
   def _save(self, state, done: int, env_steps: int) -> None:
     meta = dict(self.trainer.checkpoint_meta(), iteration=done, env_steps=env_steps,
-                panda_rl_version=panda_rl.__version__)
+                num_seeds=self.num_seeds, panda_rl_version=panda_rl.__version__)
     self.ckpt.save(done, self.trainer.to_checkpoint(state), self.config, meta=meta)
     self.last_saved = done
-    self.logger.flush()  # a killed run keeps every scalar up to its last checkpoint
+    self.loggers.flush()  # a killed run keeps every scalar up to its last checkpoint
 
   def _progress(self, metrics: Dict[str, float], env_steps: int) -> None:
     if math.isfinite(metrics.get(M.SUCCESS_ONCE, float("nan"))):

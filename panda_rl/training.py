@@ -36,9 +36,10 @@ from panda_rl import normalizer as obs_norm
 from panda_rl import program_cache
 from panda_rl import programs as programs_lib
 from panda_rl import rollout as rollout_lib
+from panda_rl import seeds as seeds_lib
 from panda_rl import validation
 from panda_rl.agents import sgd
-from panda_rl.config import program_settings
+from panda_rl.config import num_seeds, program_settings
 from panda_rl.envs.base import AutoResetWrapper, EnvState
 from panda_rl.networks import ActorCritic, gaussian_log_prob, make_networks
 from panda_rl.policy import act_fn
@@ -84,7 +85,10 @@ class Trainer:
     eval_env: the batched (``env.eval.num_envs``) evaluation env.
     networks: :class:`~panda_rl.networks.ActorCritic` (no value net for value-free algos).
     placement: the validated :class:`~panda_rl.placement.Placement`.
-    steps_per_iteration: env steps per training iteration (num_envs * num_steps).
+    steps_per_iteration: env steps per training iteration (num_envs * num_steps), per seed.
+    num_seeds: ``runner.num_seeds`` = S; with S > 1 the programs' state is S stacked
+      states (every leaf [S, ...]; :mod:`panda_rl.seeds`), ``init`` takes [S, 2] keys
+      (:meth:`initial_key`) and ``train_iteration`` / ``evaluate`` return [S] metrics.
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -104,14 +108,16 @@ class Trainer:
                                                with_value=self.algorithm.needs_value)
     self.lr_schedule = sgd.make_lr_schedule(config)
     self.optimizer = sgd.make_optimizer(config, self.lr_schedule)
-    # The jitted init and iteration for the placement (one program when collocated). The
-    # state is donated: its buffers are reused for the new state.
-    self.programs = programs_lib.build(self.fns(), self.placement)
+    self.num_seeds = num_seeds(config)
+    # The jitted init and iteration for the placement (one program when collocated; the
+    # seeds vmapped in it). The state is donated: its buffers are reused for the new state.
+    self.programs = programs_lib.build(self.fns(), self.placement, num_seeds=self.num_seeds)
+    evaluate = self._evaluate_impl if self.num_seeds == 1 else jax.vmap(self._evaluate_impl)
     if self.placement.single_device:  # traced once per machine and config
-      self._evaluate = program_cache.jit(self._evaluate_impl, "train_evaluation",
+      self._evaluate = program_cache.jit(evaluate, "train_evaluation",
                                          program_settings(config))
     else:
-      self._evaluate = jax.jit(self._evaluate_impl)
+      self._evaluate = jax.jit(evaluate)
 
   def fns(self) -> programs_lib.IterationFns:
     """The pure functions of an iteration, for :func:`panda_rl.programs.build`."""
@@ -124,9 +130,14 @@ class Trainer:
 
   # -- state ---------------------------------------------------------------------------
 
+  def initial_key(self, seed: int) -> Array:
+    """The key :meth:`init` takes for ``runner.seed = seed``: ``PRNGKey(seed)``, or with S
+    seeds the [S, 2] keys of seeds ``seed .. seed + S - 1`` (:func:`panda_rl.seeds.per_seed`)."""
+    return seeds_lib.per_seed(jax.random.PRNGKey, int(seed), self.num_seeds)
+
   def init(self, key: Array) -> TrainState:
     """Fresh training state (placed: env state sharded over the env devices, the rest
-    replicated on the actor's)."""
+    replicated on the actor's); with S seeds from [S, 2] keys, stacked."""
     return self.programs.init(key)
 
   def fetch(self, tree: Any) -> Any:
@@ -295,7 +306,8 @@ class Trainer:
     (:func:`panda_rl.evaluation.run_episodes`).
 
     Returns ``{"eval/success_once", "eval/return", "eval/episode_len"}``, means over the
-    episodes ([] arrays). Jitted; ``state`` is only read.
+    episodes ([] arrays). Jitted; ``state`` is only read. With S seeds: the stacked state,
+    [S, 2] keys (seed k's evaluation key at k) and [S] results, vmapped in one program.
     """
     return self._evaluate(state.params, state.normalizer, key)
 
@@ -311,13 +323,15 @@ def train(config: ml_collections.ConfigDict, num_iterations: Optional[int] = Non
   """Trains ``num_iterations`` (default ``runner.max_epochs``) iterations; no logging.
 
   Returns:
-    (final TrainState, per-iteration metrics as dicts of Python floats).
+    (final TrainState, per-iteration metrics as dicts of Python floats). With
+    ``runner.num_seeds = S > 1``: the stacked state and, per metric, a list of S floats.
   """
   trainer = Trainer(config)
-  state = trainer.init(jax.random.PRNGKey(config.runner.seed))
+  state = trainer.init(trainer.initial_key(config.runner.seed))
   n = config.runner.max_epochs if num_iterations is None else int(num_iterations)
   history = []
   for _ in range(n):
     state, metrics = trainer.train_iteration(state)
-    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    history.append({k: float(v) if trainer.num_seeds == 1 else [float(x) for x in v]
+                    for k, v in jax.device_get(metrics).items()})
   return state, history

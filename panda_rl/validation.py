@@ -23,6 +23,7 @@ import panda_rl
 from panda_rl import agents
 from panda_rl import placement as placement_lib
 from panda_rl.config import LOGGER_BACKENDS, ConfigError, PlacementError, logger_backends
+from panda_rl.config import num_seeds
 from panda_rl.envs import registry as envs_registry
 from panda_rl.networks import CNN_FIELDS, ENCODERS, activation_fn
 
@@ -55,6 +56,9 @@ def _runner_problems(config: Any) -> List[str]:
       ("max_to_keep" not in r or (_is_int(r.max_to_keep) and r.max_to_keep >= 0),
        f"runner.max_to_keep must be an int >= 0 (0 = keep all), got {r.get('max_to_keep')!r}"),
       (isinstance(r.resume, bool), f"runner.resume must be a bool, got {r.resume!r}"),
+      ("num_seeds" not in r or (_is_int(r.num_seeds) and r.num_seeds >= 1),
+       f"runner.num_seeds must be an int >= 1 (seeds trained at once), got "
+       f"{r.get('num_seeds')!r}"),
   ]
   for name in ("log_path", "project_name", "experiment_name"):
     checks.append((isinstance(lg[name], str) and lg[name] != "",
@@ -217,6 +221,18 @@ def _env_pair_problems(train_env: Any, eval_env: Any, obs_t: Any) -> List[str]:
           f"{train_env.action_size}"]
 
 
+def _seed_problems(config: Any, placement: placement_lib.Placement) -> List[str]:
+  """Several seeds are one vmapped program: the collocated placement only."""
+  seeds = num_seeds(config)
+  if seeds == 1 or placement.single_device or placement.collocated:
+    return []
+  return [f"runner.num_seeds={seeds} trains the seeds in one program and needs the "
+          "collocated placement (env, rollout and actor on the same devices, e.g. "
+          "cluster.component_placement='env,rollout,actor:all'), got "
+          f"cluster.component_placement={placement.spec!r}; use runner.num_seeds=1 or a "
+          "collocated placement"]
+
+
 class Setup(NamedTuple):
   """What :func:`check` built: the algorithm, the unbatched envs, the placement."""
 
@@ -256,6 +272,7 @@ def check(config: Any, devices: Optional[Any] = None) -> Setup:
   try:
     placement = placement_lib.from_config(config, devices, stage_block=algorithm.stage_block)
     placement_problems = []
+    problems += _seed_problems(config, placement)
   except PlacementError as e:
     placement_problems = [str(e)]
   _raise(problems, placement_problems)

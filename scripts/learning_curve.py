@@ -1,32 +1,62 @@
-"""Prints a run's learning curve (eval success vs env steps and wall-clock) and writes JSON.
+"""Prints a run's learning curve (eval success vs env steps and wall-clock), writes JSON and a
+plot.
 
     python scripts/learning_curve.py runs/panda_rl/mujoco_ppo_mlp [--json curve.json]
-        [--thresholds 0.5 0.8 0.9]
+        [--thresholds 0.5 0.8 0.9] [--plot [PNG]]
 
 Wall-clock is ``time/wall_s`` as logged by the trainer: seconds since the run started, so
 the first compile and every evaluation are included.
+
+A run of several seeds (``runner.num_seeds``; ``seed_<k>/`` sub-directories) prints the mean
+over the seeds (with their min and max), when each seed first reached each threshold, and
+its JSON holds every seed's curve under ``"seeds"``. ``--plot`` writes a PNG (default
+``<run dir>/learning_curve.png``): eval success against env steps and against wall-clock,
+one line per seed plus their mean (one line for a 1-seed run); it needs matplotlib
+(``pip install matplotlib``, or ``pip install -e '.[plot]'``).
 """
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from panda_rl.logger import read_scalars
+from panda_rl.seeds import MAX_SUFFIX, MIN_SUFFIX, seed_dirs
+
+SUCCESS = "eval/success_once"
+
+
+def _round(x: float, digits: int) -> float:
+  return round(float(x), digits)
 
 
 def curve(run_dir: str) -> list:
+  """One row per evaluation of the run (of a multi-seed run: the mean over its seeds, with
+  ``eval_success_min`` / ``eval_success_max``)."""
   scalars = read_scalars(run_dir)
-  if "eval/success_once" not in scalars:
-    raise SystemExit(f"{run_dir}: no eval/success_once scalars (was evaluation enabled?)")
+  if SUCCESS not in scalars:
+    raise SystemExit(f"{run_dir}: no {SUCCESS} scalars (was evaluation enabled?)")
   steps = {s: v for s, v, _ in scalars.get("time/env_steps", [])}
   wall = {s: v for s, v, _ in scalars.get("time/wall_s", [])}
   train_success = {s: v for s, v, _ in scalars.get("env/success_once", [])}
+  spread = {suffix: {s: v for s, v, _ in scalars.get(SUCCESS + suffix, [])}
+            for suffix in (MIN_SUFFIX, MAX_SUFFIX)}
   rows = []
-  for it, success, _ in scalars["eval/success_once"]:
-    rows.append({"iteration": int(it), "env_steps": int(steps.get(it, 0)),
-                 "wall_s": round(wall.get(it, float("nan")), 1),
-                 "eval_success": round(float(success), 4),
-                 "train_success_once": round(float(train_success.get(it, float("nan"))), 4)})
+  for it, success, _ in scalars[SUCCESS]:
+    row = {"iteration": int(it), "env_steps": int(steps.get(it, 0)),
+           "wall_s": _round(wall.get(it, float("nan")), 1),
+           "eval_success": _round(success, 4),
+           "train_success_once": _round(train_success.get(it, float("nan")), 4)}
+    for suffix, values in spread.items():
+      if it in values:
+        row["eval_success" + suffix] = _round(values[it], 4)
+    rows.append(row)
   return rows
+
+
+def seed_curves(run_dir: str) -> dict:
+  """{seed k: :func:`curve` of ``<run_dir>/seed_<k>``}; {} for a 1-seed run."""
+  return {int(p.name.split("_")[1]): curve(str(p)) for p in seed_dirs(run_dir)}
 
 
 def first_reaching(rows: list, threshold: float):
@@ -36,29 +66,96 @@ def first_reaching(rows: list, threshold: float):
   return None
 
 
-def main():
+def _reached(r) -> str:
+  if r is None:
+    return "not reached"
+  return f"iteration {r['iteration']}, {r['env_steps']:,} env steps, {r['wall_s']:.0f} s"
+
+
+def print_table(rows: list) -> None:
+  spread = any("eval_success" + MIN_SUFFIX in r for r in rows)
+  extra = f" {'min':>7} {'max':>7}" if spread else ""
+  print(f"{'iter':>5} {'env steps':>11} {'wall (s)':>9} {'eval success':>13}{extra} "
+        f"{'train success_once':>19}")
+  for r in rows:
+    extra = ""
+    if spread:
+      extra = "".join(f" {r.get('eval_success' + s, float('nan')):>7.1%}"
+                      for s in (MIN_SUFFIX, MAX_SUFFIX))
+    print(f"{r['iteration']:>5} {r['env_steps']:>11,} {r['wall_s']:>9.0f} "
+          f"{r['eval_success']:>13.1%}{extra} {r['train_success_once']:>19.1%}")
+
+
+def plot(rows: list, seeds: dict, path: str, title: str = "") -> None:
+  """Eval success against env steps and against wall-clock: each seed's line and the mean
+  (thick) for a multi-seed run, else the run's one line."""
+  try:
+    import matplotlib
+  except ImportError:
+    raise SystemExit("--plot needs matplotlib, which is not installed: pip install "
+                     "matplotlib (or pip install -e '.[plot]')") from None
+  matplotlib.use("Agg")  # files only, no display
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  panels = ((axes[0], "env_steps", "env steps"), (axes[1], "wall_s", "wall-clock (s)"))
+  for ax, x, label in panels:
+    for k, seed_rows in sorted(seeds.items()):
+      ax.plot([r[x] for r in seed_rows], [r["eval_success"] for r in seed_rows],
+              lw=1, alpha=0.7, marker="o", ms=3, label=f"seed {k}")
+    ax.plot([r[x] for r in rows], [r["eval_success"] for r in rows], lw=2.5, color="black",
+            marker="o", ms=4, label=f"mean of {len(seeds)} seeds" if seeds else "eval success")
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("eval success (share of episodes)")
+  axes[0].set_ylim(-0.02, 1.02)
+  axes[1].legend(loc="lower right", fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def report(run_dir: str, thresholds: list) -> dict:
+  """Prints the table and the thresholds; returns what ``--json`` writes."""
+  rows, seeds = curve(run_dir), seed_curves(run_dir)
+  if seeds:
+    print(f"mean over {len(seeds)} seeds (seed_0 .. seed_{max(seeds)}), min and max:")
+  print_table(rows)
+  out = {"run_dir": run_dir, "curve": rows, "first_reaching": {}}
+  for t in thresholds:
+    r = first_reaching(rows, t)
+    out["first_reaching"][str(t)] = r
+    print(f"first eval >= {t:.0%}{' (mean)' if seeds else ''}: {_reached(r)}")
+    for k, seed_rows in sorted(seeds.items()):
+      print(f"  seed {k}: {_reached(first_reaching(seed_rows, t))}")
+  if seeds:
+    out["seeds"] = [{"seed": k, "curve": seed_rows,
+                     "first_reaching": {str(t): first_reaching(seed_rows, t)
+                                        for t in thresholds}}
+                    for k, seed_rows in sorted(seeds.items())]
+  return out
+
+
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("run_dir")
   p.add_argument("--json", default="")
   p.add_argument("--thresholds", type=float, nargs="*", default=[0.5, 0.8, 0.9])
-  args = p.parse_args()
-  rows = curve(args.run_dir)
-  print(f"{'iter':>5} {'env steps':>11} {'wall (s)':>9} {'eval success':>13} "
-        f"{'train success_once':>19}")
-  for r in rows:
-    print(f"{r['iteration']:>5} {r['env_steps']:>11,} {r['wall_s']:>9.0f} "
-          f"{r['eval_success']:>13.1%} {r['train_success_once']:>19.1%}")
-  reached = {}
-  for t in args.thresholds:
-    r = first_reaching(rows, t)
-    reached[str(t)] = r
-    print(f"first eval >= {t:.0%}: " + (f"iteration {r['iteration']}, {r['env_steps']:,} env "
-                                        f"steps, {r['wall_s']:.0f} s" if r else "not reached"))
+  p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                 help="write a PNG (default <run_dir>/learning_curve.png)")
+  args = p.parse_args(argv)
+  out = report(args.run_dir, args.thresholds)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"run_dir": args.run_dir, "curve": rows, "first_reaching": reached}, f,
-                indent=1)
+      json.dump(out, f, indent=1)
+  if args.plot is not None:
+    path = args.plot or str(Path(args.run_dir) / "learning_curve.png")
+    seeds = {s["seed"]: s["curve"] for s in out.get("seeds", [])}
+    plot(out["curve"], seeds, path, title=str(args.run_dir))
+    print(f"plot: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
