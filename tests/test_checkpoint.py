@@ -468,3 +468,22 @@ def test_nan_guard_real_training(cli_env, real_run, tmp_path):
   assert "diverged at iteration 5" in errors[0] and "last good checkpoint is step 4" in errors[0]
   assert _listing(ckdir) == before
   assert Checkpointer(ckdir).all_steps() == [3, 4]
+
+
+def test_orphaned_tensorstore_read_errors_are_not_logged_other_task_errors_are():
+  """After one failed read, orbax's other reads end in errors nobody awaits; asyncio would log
+  each with a traceback. Only those (tensorstore errors) are dropped."""
+  import logging
+  from panda_rl.checkpoint import _drop_orphaned_read_errors
+
+  def record(exc):
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                             "Task exception was never retrieved\nfuture: <Task ...>", None,
+                             (type(exc), exc, None))
+
+  read = ValueError('OUT_OF_RANGE: Error reading "x" [tensorstore_spec=\'{"driver":"zarr"}\']')
+  assert not _drop_orphaned_read_errors(record(read))
+  assert _drop_orphaned_read_errors(record(ValueError("a bug in user code")))
+  other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Executing <Task> took 1 s",
+                            None, None)
+  assert _drop_orphaned_read_errors(other)
