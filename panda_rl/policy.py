@@ -99,14 +99,42 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
     pass the env's dict, every leaf with the same leading axes (e.g. ``front`` [B, H, W, 3]
     uint8, ``tcp_pos`` [B, 3], ``instruction`` [B, L]); the network (``actor.model.encoder``)
     is rebuilt from the saved config. The function carries ``.config`` (the saved
-    ConfigDict), ``.step``, ``.seed``, ``.num_seeds`` and ``.action_size`` attributes, and
-    ``.apply``, ``.params``
-    and ``.normalizer`` (``policy(obs, key) == apply(params, normalizer, obs, key)``, the
-    pure :func:`act_fn`; what an exporter traces with the parameters as constants).
+    ConfigDict), ``.step``, ``.seed``, ``.num_seeds``, ``.action_size``, ``.apply``,
+    ``.params`` and ``.normalizer`` (``policy(obs, key) == apply(params, normalizer, obs,
+    key)``, the pure :func:`act_fn`; what an exporter traces with the parameters as
+    constants).
 
   Raises:
     CheckpointError: no usable checkpoint. ValueError: ``seed`` not in 0 .. S - 1.
   """
+  config, step, policy_params, stats, count = _read_policy(checkpoint_dir, step, seed)
+  action_size = int(policy_params["log_std"].shape[-1])
+  apply = make_policy_apply(config, action_size, deterministic)
+
+  jitted = jax.jit(apply)  # parameters are arguments, not constants baked into the program
+
+  def policy(obs, key=None):
+    return jitted(policy_params, stats, obs, key)
+
+  # The same function with the parameters as arguments, ``apply(params, normalizer, obs,
+  # key=None)``: a program that calls it (evaluation) is then the same for every checkpoint
+  # of a config instead of holding one checkpoint's values as constants; an exporter traces
+  # it with them as constants.
+  policy.config = config
+  policy.step = step
+  policy.seed = seed
+  policy.num_seeds = count
+  policy.action_size = action_size
+  policy.deterministic = deterministic
+  policy.apply = apply
+  policy.params = policy_params
+  policy.normalizer = stats
+  return policy
+
+
+def _read_policy(checkpoint_dir, step: Optional[int], seed: int):
+  """(saved config, step, seed ``seed``'s policy params, its normaliser, seeds saved),
+  reading only the policy and normaliser of the checkpoint."""
   from panda_rl import normalizer as norm_lib
   from panda_rl.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_path
   from panda_rl.checkpoint import restore_subtree
@@ -137,25 +165,4 @@ def load_policy(checkpoint_dir: str | os.PathLike, *, step: Optional[int] = None
   stats = norm_lib.RunningStats(mean=jax.tree.map(jnp.asarray, n["mean"]),
                                 var=jax.tree.map(jnp.asarray, n["var"]),
                                 count=jnp.asarray(n["count"]))
-  action_size = int(policy_params["log_std"].shape[-1])
-  apply = make_policy_apply(config, action_size, deterministic)
-
-  jitted = jax.jit(apply)  # parameters are arguments, not constants baked into the program
-
-  def policy(obs, key=None):
-    return jitted(policy_params, stats, obs, key)
-
-  # The same function with the parameters as arguments, ``apply(params, normalizer, obs,
-  # key=None)``: a program that calls it (evaluation) is then the same for every checkpoint
-  # of a config instead of holding one checkpoint's values as constants; an exporter traces
-  # it with them as constants.
-  policy.config = config
-  policy.step = step
-  policy.seed = seed
-  policy.num_seeds = count
-  policy.action_size = action_size
-  policy.deterministic = deterministic
-  policy.apply = apply
-  policy.params = policy_params
-  policy.normalizer = stats
-  return policy
+  return config, step, policy_params, stats, count

@@ -49,7 +49,6 @@ def pieces(env):
   """(name, fn(data) -> output) for every piece of one substep and the whole steps."""
   from mujoco.mjx._src import (collision_driver, constraint, forward, passive, smooth,
                                solver)
-  import jax.numpy as jnp
   m = env.mjx_model
   ctrl = env.controller
   target = env._home_tcp
@@ -88,7 +87,6 @@ def main():
   import panda_rl  # XLA flags before the backend starts, MJX patch
   from panda_rl import _xla
   import jax
-  import jax.numpy as jnp
   from panda_rl.envs.base import AutoResetWrapper
   from panda_rl.envs.scripted import scripted_action
 
@@ -108,23 +106,8 @@ def main():
   action = jax.vmap(scripted_action)(state.obs)
   rows = []
 
-  def timed(name, fn, *inputs, per_env_steps=1):
-    compiled = jax.jit(fn).lower(*inputs).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    jax.block_until_ready(compiled(*inputs))
-    times = []
-    for _ in range(args.repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(compiled(*inputs))
-      times.append(time.perf_counter() - t0)
-    med = sorted(times)[len(times) // 2]
-    row = {"piece": name, "ms_per_call": med * 1e3, "us_per_env": med * 1e6 / args.batch,
-           "gflops_per_call": float((cost or {}).get("flops", float("nan"))) / 1e9}
-    rows.append(row)
-    print(f"{name:42s} {row['ms_per_call']:9.2f} ms  {row['us_per_env']:7.2f} us/env  "
-          f"{row['gflops_per_call']:8.3f} GFLOP", flush=True)
-    return row
+  def timed(name, fn, *inputs):
+    rows.append(time_piece(name, fn, inputs, args.batch, args.repeats))
 
   for name, fn in pieces(env):
     timed(name, jax.vmap(fn), state.data)
@@ -145,16 +128,40 @@ def main():
          "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d")}
   with open(args.json, "w") as f:
     json.dump(out, f, indent=2)
-  print(f"\n| piece | us per env | net of copy | share of a substep | GFLOP per call |")
+  print_table(rows)
+  print(f"\ncontrol step alone: {1e6 / control:,.0f} env steps/s at B={args.batch}; "
+        f"JSON: {args.json}")
+
+
+def time_piece(name, fn, inputs, batch: int, repeats: int) -> dict:
+  """Compiles ``fn(*inputs)`` alone, times ``repeats`` calls (median); one table row."""
+  import jax
+  compiled = jax.jit(fn).lower(*inputs).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  jax.block_until_ready(compiled(*inputs))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*inputs))
+    times.append(time.perf_counter() - t0)
+  med = sorted(times)[len(times) // 2]
+  row = {"piece": name, "ms_per_call": med * 1e3, "us_per_env": med * 1e6 / batch,
+         "gflops_per_call": float((cost or {}).get("flops", float("nan"))) / 1e9}
+  print(f"{name:42s} {row['ms_per_call']:9.2f} ms  {row['us_per_env']:7.2f} us/env  "
+        f"{row['gflops_per_call']:8.3f} GFLOP", flush=True)
+  return row
+
+
+def print_table(rows) -> None:
+  """The markdown table; shares are of the ``mjx.step`` row (the third from the end)."""
+  print("\n| piece | us per env | net of copy | share of a substep | GFLOP per call |")
   print("|---|---:|---:|---:|---:|")
   sub = rows[-3]["net_us_per_env"]
   for r in rows:
     share = r["net_us_per_env"] / sub if sub > 0 else float("nan")
     print(f"| {r['piece']} | {r['us_per_env']:.2f} | {r['net_us_per_env']:.2f} | "
           f"{share:.0%} | {r['gflops_per_call']:.3f} |")
-  print(f"\ncontrol step alone: {1e6 / control:,.0f} env steps/s at B={args.batch}; "
-        f"JSON: {args.json}")
-
 
 if __name__ == "__main__":
   main()
