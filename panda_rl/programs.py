@@ -100,15 +100,17 @@ class SingleProgram:
 
   def __init__(self, fns: IterationFns, placement: Placement, num_seeds: int = 1):
     self.placement = placement
-    init, iteration, what = fns.init, fns.iteration, fns.settings
+    init, iteration = fns.init, fns.iteration
     if num_seeds > 1:
       init, iteration = jax.vmap(init), jax.vmap(iteration)
-      what = None if what is None else {"settings": what, "num_seeds": num_seeds}
     if placement.single_device:
       self._init = jax.jit(init)
-      # The state is donated: its buffers are reused for the new state.
-      if what is not None:
-        self._iteration = program_cache.jit(iteration, "iteration", what, donate_argnums=(0,))
+      # The state is donated: its buffers are reused for the new state. The traced
+      # program's key holds the state's shapes, so S seeds ([S, ...] leaves) never share
+      # one seed's program.
+      if fns.settings is not None:
+        self._iteration = program_cache.jit(iteration, "iteration", fns.settings,
+                                            donate_argnums=(0,))
       else:
         self._iteration = jax.jit(iteration, donate_argnums=0)
       return

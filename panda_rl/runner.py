@@ -208,7 +208,7 @@ class _Run:
     self.loggers.close()  # flushes every backend
 
   def _key(self) -> jax.Array:
-    return seeds.per_seed(jax.random.PRNGKey, int(self.r.seed), self.num_seeds)
+    return self.trainer.initial_key(self.r.seed)
 
   def _count(self, counter) -> int:
     """A host int of a state counter (equal for every seed)."""
