@@ -57,13 +57,6 @@ def _parse():
   return p.parse_args()
 
 
-def _value(text):
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError:
-    return text
-
-
 def _watch(work, timeout):
   """Runs ``work()`` in a daemon thread; returns False if it did not finish in time."""
   th = threading.Thread(target=work, daemon=True)
@@ -96,9 +89,9 @@ def main():
   from panda_rl import _xla
   import jax
   from panda_rl.envs.base import AutoResetWrapper
+  from panda_rl.envs.registry import parse_overrides
 
-  overrides = dict(kv.split("=", 1) for kv in args.override)
-  overrides = {k: _value(v) for k, v in overrides.items()}
+  overrides = parse_overrides(args.override)
   vision = hasattr(panda_rl.make(args.env, **overrides), "renderer")
   sizes = args.image_size if vision else [None]
 

@@ -38,13 +38,6 @@ def _parse():
   return p.parse_args()
 
 
-def _value(text):
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError:
-    return text
-
-
 def pieces(env):
   """(name, fn(data) -> output) for every piece of one substep and the whole steps."""
   from mujoco.mjx._src import (collision_driver, constraint, forward, passive, smooth,
@@ -88,9 +81,10 @@ def main():
   from panda_rl import _xla
   import jax
   from panda_rl.envs.base import AutoResetWrapper
+  from panda_rl.envs.registry import parse_overrides
   from panda_rl.envs.scripted import scripted_action
 
-  overrides = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.override)}
+  overrides = parse_overrides(args.override)
   env = panda_rl.make("PandaPickCube-v0", **overrides)
   batched = AutoResetWrapper(env, args.batch)
 

@@ -10,6 +10,7 @@ import time
 import panda_rl  # first: sets XLA:CPU flags
 import jax
 
+from panda_rl.envs.registry import parse_overrides
 from panda_rl.envs.scripted import scripted_success_rate
 
 
@@ -19,8 +20,7 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--override", nargs="*", default=[], help="env overrides key=value")
   args = p.parse_args()
-  overrides = {k: json.loads(v) if v[:1] in "-0123456789[{tf" else v
-               for k, v in (kv.split("=", 1) for kv in args.override)}
+  overrides = parse_overrides(args.override)
   env = panda_rl.make("PandaPickCube-v0", **overrides)
   t0 = time.perf_counter()
   result = scripted_success_rate(env, args.episodes, jax.random.PRNGKey(args.seed))

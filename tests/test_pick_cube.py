@@ -22,6 +22,18 @@ def test_unknown_env_name_is_clear():
     panda_rl.make("PandaPickCub-v0")
 
 
+def test_script_overrides_parse_json_values_and_keep_strings():
+  from panda_rl.envs.registry import parse_overrides
+
+  assert parse_overrides(["sim_dt=0.01", "solver_iterations=4", "target_mode=tcp",
+                          "cube_xy_low=[0.3, -0.2]", "reward_type=dense"]) == {
+      "sim_dt": 0.01, "solver_iterations": 4, "target_mode": "tcp",
+      "cube_xy_low": [0.3, -0.2], "reward_type": "dense"}
+  for bad in ("sim_dt", "=0.01"):
+    with pytest.raises(ValueError, match="expected key=value"):
+      parse_overrides([bad])
+
+
 def test_unknown_override_is_clear():
   with pytest.raises(ValueError, match=r"unknown config key\(s\) \['episode_len'\]"):
     panda_rl.make("PandaPickCube-v0", episode_len=10)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable, Dict
+import json
+from typing import Callable, Dict, Iterable
 
 from panda_rl.envs.base import Env
 
@@ -41,6 +42,22 @@ def make(name: str, **overrides) -> Env:
   Unknown override keys fail with a message listing the valid ones.
   """
   return _factory(name)(**overrides)
+
+
+def parse_overrides(pairs: Iterable[str]) -> Dict:
+  """``["sim_dt=0.01", "controller_rate=control"]`` -> ``make`` overrides (the scripts'
+  ``--override key=value``): a value is JSON where it parses as JSON (numbers, true /
+  false, lists), else the string itself."""
+  out = {}
+  for pair in pairs:
+    key, sep, text = pair.partition("=")
+    if not sep or not key:
+      raise ValueError(f"env override {pair!r}: expected key=value")
+    try:
+      out[key] = json.loads(text)
+    except json.JSONDecodeError:
+      out[key] = text
+  return out
 
 
 def eval_overrides(name: str, train_overrides: Dict) -> Dict:
