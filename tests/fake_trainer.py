@@ -11,6 +11,9 @@ class RunLoopTrainer:
 
   placement = types.SimpleNamespace(single_device=True, describe=lambda: "one device")
 
+  def initial_key(self, seed):
+    return jax.random.PRNGKey(seed)  # one seed (runner.num_seeds = 1)
+
   def compile_iteration(self, state):
     return self.train_iteration, None
 
