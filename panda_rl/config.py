@@ -104,6 +104,42 @@ def check_override_paths(config: ml_collections.ConfigDict, paths: Iterable[str]
     raise ConfigError("\n".join(errors))
 
 
+def add_env_settings(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+  """Makes ``env.<train|eval>.overrides.<key>`` overridable for every setting of the env.
+
+  A config file lists only the env settings it changes; any other setting of the env's
+  ``default_config()`` named in ``overrides`` (path -> value; a command-line value is a
+  string) is added to ``config`` (unlocked) with the env's default, whose type then parses
+  the new value. A key the env does not have raises :class:`ConfigError` listing its settings.
+  """
+  from panda_rl.envs import registry
+
+  errors = []
+  for path in overrides:
+    parts = path.split(".")
+    if len(parts) != 4 or parts[0] != "env" or parts[2] != "overrides":
+      continue
+    section = config.env.get(parts[1])
+    if not isinstance(section, ml_collections.ConfigDict) or parts[3] in section.get(
+        "overrides", {}) or "overrides" not in section:
+      continue  # an existing field, or a path check_override_paths reports
+    env_id = str(overrides.get(f"env.{parts[1]}.env_id", section.get("env_id") or
+                               overrides.get("env.train.env_id", config.env.train.env_id)))
+    try:
+      defaults = registry.default_settings(env_id)
+    except ValueError as e:
+      raise ConfigError(f"config field {path!r}: {e}") from None
+    if parts[3] in defaults:
+      section.overrides[parts[3]] = defaults[parts[3]]
+      continue
+    close = difflib.get_close_matches(parts[3], defaults, n=1)
+    hint = f" Did you mean {'.'.join(parts[:3] + close)!r}?" if close else ""
+    errors.append(f"Unknown config field {path!r}: env {env_id!r} has no setting "
+                  f"{parts[3]!r}.{hint} Its settings: {', '.join(sorted(defaults)) or '(none)'}.")
+  if errors:
+    raise ConfigError("\n".join(errors))
+
+
 def override_paths_from_argv(argv: Sequence[str], flag_name: str = "config") -> List[str]:
   """The field paths set by ``--config.a.b=...`` / ``--config.a.b ...`` in ``argv``."""
   paths = []
@@ -163,8 +199,9 @@ def load_config(path: str | os.PathLike,
   from absl import flags
   from ml_collections import config_flags
 
+  config = load_config_file(path)
   if isinstance(overrides, Mapping):
-    config = load_config_file(path)
+    add_env_settings(config, overrides)
     check_override_paths(config, overrides)
     config = ml_collections.ConfigDict(config)  # unlocked copy
     for key, value in overrides.items():
@@ -178,14 +215,20 @@ def load_config(path: str | os.PathLike,
   for o in overrides:
     o = o if o.startswith("--") else f"--config.{o}"
     latest[o.split("=", 1)[0]] = o
-  argv = ["panda_rl", f"--config={path}", *latest.values()]
-  check_override_paths(load_config_file(path), override_paths_from_argv(argv))
+  argv = ["panda_rl", *latest.values()]
+  add_env_settings(config, {k[len("--config."):]: o.split("=", 1)[1] if "=" in o else None
+                            for k, o in latest.items()})
+  check_override_paths(config, override_paths_from_argv(argv))
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  config_flags.DEFINE_config_dict("config", config, flag_values=fv, sys_argv=argv)
   try:
     fv(argv)
   except flags.Error as e:
     raise ConfigError(str(e)) from None
+  except KeyError as e:  # a field set after an earlier flag replaced its whole section
+    raise ConfigError(f"{e.args[0]}: an earlier flag replaced its section; set the field "
+                      "inside that flag's value instead, e.g. --config.env.train.overrides="
+                      "\"{'key': value}\"") from None
   config = fv.config
   validate_config(config)
   return config

@@ -19,35 +19,53 @@ from panda_rl.runner import TrainingDivergedError, TrainResult, train_and_evalua
 USER_ERRORS = (ConfigError, MissingBackendError, CheckpointError, TrainingDivergedError)
 
 
+# The config that parse_flags loaded (with its overrides) for main.
+_LOADED = {}
+
+
 def _define_flags():
   from absl import flags
-  from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, "Experiment config file "
-                                  "(configs/*.py); override fields with --config.a.b=v.",
-                                  lock_config=True)
+  flags.DEFINE_string("config", None, "Experiment config file (configs/*.py); override "
+                      "fields with --config.a.b=v (any env setting: "
+                      "--config.env.train.overrides.<key>=v).")
   flags.DEFINE_string("workdir", None, "Run directory (default: "
                       "<runner.logger.log_path>/<project_name>/<experiment_name>).")
   flags.mark_flags_as_required(["config"])
 
 
+def split_overrides(argv):
+  """``argv`` -> (the other arguments, the ``--config.a.b=v`` overrides); ``--config.a.b v``
+  becomes ``--config.a.b=v``."""
+  rest, overrides, args = [], [], list(argv)
+  while args:
+    arg = args.pop(0)
+    if not arg.startswith("--config."):
+      rest.append(arg)
+    elif "=" in arg or not args:
+      overrides.append(arg)
+    else:
+      overrides.append(f"{arg}={args.pop(0)}")
+  return rest, overrides
+
+
 def parse_flags(argv):
-  """absl flag parsing that names unknown ``--config.*`` fields before absl sees them."""
+  """absl parses the flags; :func:`panda_rl.config.load_config` loads the config and its
+  ``--config.*`` overrides, naming unknown fields and bad values before anything runs."""
   from absl import flags
 
-  from panda_rl.config import (check_override_paths, config_file_from_argv,
-                               load_config_file, override_paths_from_argv)
+  from panda_rl.config import load_config
 
-  path = config_file_from_argv(argv)
-  if path is not None:
-    try:
-      check_override_paths(load_config_file(path), override_paths_from_argv(argv))
-    except ConfigError as e:
-      fail("panda_rl.train", e)
+  rest, overrides = split_overrides(argv)
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:  # a value that does not parse, a missing --config
+    parsed = flags.FLAGS(rest)
+  except flags.Error as e:  # a missing --config, an unknown flag
     fail("panda_rl.train", ConfigError(f"{e} (see --helpshort)"))
+  try:
+    _LOADED["config"] = load_config(flags.FLAGS.config, overrides)
+  except ConfigError as e:
+    fail("panda_rl.train", e)
+  return parsed
 
 
 def main(argv) -> None:
@@ -60,7 +78,7 @@ def main(argv) -> None:
     # orbax reports every file it writes at INFO; keep the console to the progress bar.
     absl_logging.set_verbosity(absl_logging.WARNING)
   try:
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    train_and_evaluate(_LOADED["config"], flags.FLAGS.workdir)
   except USER_ERRORS as e:
     fail("panda_rl.train", e)
 

@@ -155,6 +155,15 @@ def test_a_signal_checkpoints_the_current_iteration_and_resume_is_exact(cli_env,
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
 
 
+def test_config_overrides_are_split_from_the_other_flags():
+  rest, overrides = train_lib.split_overrides(
+      ["train", "--config", "c.py", "--config.algorithm.gamma", "0.9", "--workdir=w",
+       "--config.env.train.overrides.sim_dt=0.01"])
+  assert rest == ["train", "--config", "c.py", "--workdir=w"]
+  assert overrides == ["--config.algorithm.gamma=0.9",
+                       "--config.env.train.overrides.sim_dt=0.01"]
+
+
 def test_existing_run_without_resume_fails_clearly(cli_env, smoke):
   log_path, run_dir, _ = smoke
   proc = _train(cli_env, log_path, "--config.runner.max_epochs=4")
@@ -166,6 +175,9 @@ def test_existing_run_without_resume_fails_clearly(cli_env, smoke):
 @pytest.mark.parametrize("override, expected", [
     ("--config.algorithm.nope=1", "Unknown config field 'algorithm.nope'"),
     ("--config.algorithm.gamma=abc", "could not convert string to float"),
+    ("--config.env.train.overrides.goal_radus=0.1", "env 'PointReach-v0' has no setting "
+     "'goal_radus'. Did you mean 'env.train.overrides.goal_radius'?"),
+    ("--config.algorithm.gamma", "Missing value for flag --config.algorithm.gamma"),
 ])
 def test_bad_overrides_fail_clearly(cli_env, tmp_path, override, expected):
   proc = _train(cli_env, tmp_path, override)

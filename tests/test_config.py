@@ -54,6 +54,39 @@ def test_mapping_overrides():
     load_config(CONFIG, {"algorithm.gamma": "high"})
 
 
+def test_any_env_setting_is_overridable_not_only_those_the_file_lists():
+  # The default config file lists reset_pregrasp_prob only; sim_dt comes from the env's
+  # default_config(), whose float default parses the command-line string.
+  config = load_config(CONFIG, ["env.train.overrides.sim_dt=0.01",
+                                "--config.env.train.overrides.controller_rate=control"])
+  assert dict(config.env.train.overrides) == {"reset_pregrasp_prob": 0.4, "sim_dt": 0.01,
+                                              "controller_rate": "control"}
+  assert load_config(CONFIG, {"env.train.overrides.sim_dt": 0.01}).env.train.overrides.sim_dt \
+      == 0.01
+  # The env named on the same command line is the one whose settings count.
+  config = load_config(CONFIG, ["env.train.env_id=PointReach-v0",
+                                "env.train.overrides.goal_radius=0.1"])
+  assert config.env.train.overrides.goal_radius == 0.1
+  with pytest.raises(ConfigError, match="could not convert string to float"):
+    load_config(CONFIG, ["env.train.overrides.sim_dt=fast"])
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["env.train.overrides.sim_td=0.01"],
+     r"env 'PandaPickCube-v0' has no setting 'sim_td'\. Did you mean "
+     r"'env.train.overrides.sim_dt'\? Its settings: action_scale_grip, "),
+    (["env.train.env_id=PointReach-v0", "env.train.overrides.sim_dt=0.01"],
+     r"env 'PointReach-v0' has no setting 'sim_dt'"),
+    (["env.train.env_id=NoSuchEnv-v0", "env.train.overrides.sim_dt=0.01"],
+     r"'env.train.overrides.sim_dt': Unknown env 'NoSuchEnv-v0'"),
+    (["env.train.overrides={}", "env.train.overrides.sim_dt=0.01"],
+     r"an earlier flag replaced its section; set the field inside that flag's value"),
+])
+def test_env_settings_that_do_not_exist_fail_clearly(overrides, expected):
+  with pytest.raises(ConfigError, match=expected):
+    load_config(CONFIG, overrides)
+
+
 def test_config_is_locked():
   config = load_config(CONFIG)
   with pytest.raises(AttributeError):

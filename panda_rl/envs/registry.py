@@ -44,6 +44,15 @@ def make(name: str, **overrides) -> Env:
   return _factory(name)(**overrides)
 
 
+def default_settings(name: str) -> Dict:
+  """The settings ``make(name, **overrides)`` accepts, with their default values (the env
+  module's ``default_config()``; ``{}`` for an env without settings)."""
+  _factory(name)  # an unknown name fails here, listing the registered ones
+  module = importlib.import_module(_REGISTRY[name].split(":")[0])
+  defaults = getattr(module, "default_config", None)
+  return dict(defaults()) if defaults is not None else {}
+
+
 def parse_overrides(pairs: Iterable[str]) -> Dict:
   """``["sim_dt=0.01", "controller_rate=control"]`` -> ``make`` overrides (the scripts'
   ``--override key=value``): a value is JSON where it parses as JSON (numbers, true /
