@@ -416,3 +416,22 @@ def test_controller_rate_control_reuses_the_first_substeps_dynamics(pick_env, pi
   per_step = panda_rl.make("PandaPickCube-v0", controller_rate="control", **one)
   run = lambda env: jax.jit(jax.vmap(env.step))(state, action)
   np.testing.assert_array_equal(run(per_sub).data.qpos, run(per_step).data.qpos)
+
+
+def test_grasp_contact_settings_reach_mjx_and_c_mujoco():
+  from panda_rl.envs.panda import GRASP_PAIRS
+  from panda_rl.envs.pick_cube_c import PandaPickCubeC
+
+  default = panda_rl.make("PandaPickCube-v0")
+  # The defaults are MuJoCo's pair defaults, as the scene always had them.
+  np.testing.assert_array_equal(default.mj_model.pair_friction[:, :2], 1.0)
+  np.testing.assert_array_equal(default.mj_model.pair_solref[:, 0], 0.02)
+  grasp = dict(grasp_friction=1.5, grasp_timeconst=0.03)
+  mjx_env, c_env = panda_rl.make("PandaPickCube-v0", **grasp), PandaPickCubeC(**grasp)
+  for model in (mjx_env.mj_model, mjx_env.mjx_model, c_env.model):
+    friction, solref = np.asarray(model.pair_friction), np.asarray(model.pair_solref)
+    for i in range(model.npair):
+      name = mjx_env.mj_model.pair(i).name
+      expected = (1.5, 0.03) if name in GRASP_PAIRS else (1.0, 0.02)  # floor pairs as before
+      np.testing.assert_allclose(friction[i, :2], expected[0], rtol=1e-6)
+      np.testing.assert_allclose(solref[i, 0], expected[1], rtol=1e-6)

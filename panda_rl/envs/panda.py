@@ -26,18 +26,31 @@ HOME_QPOS = (0.0, -0.785, 0.0, -2.35, 0.0, 1.57, 0.785)
 TORQUE_LIMITS = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
 
 
-def load_model(cfg: ml_collections.ConfigDict) -> tuple[mujoco.MjModel, mjx.Model]:
-  """The scene's ``MjModel`` with ``cfg``'s timestep and solver iterations, and its MJX copy.
+GRASP_PAIRS = ("left_pad_cube", "right_pad_cube")  # the finger pads' contacts with the cube
+
+
+def scene_model(cfg: ml_collections.ConfigDict) -> mujoco.MjModel:
+  """The scene's ``MjModel`` as ``cfg`` sets it: what MJX and the C MuJoCo env both step.
 
   Args:
-    cfg: a config with ``sim_dt``, ``solver_iterations`` and ``ls_iterations``.
-  Returns:
-    (mujoco.MjModel, mjx.Model) of :data:`ASSET`.
+    cfg: a config with ``sim_dt``, ``solver_iterations``, ``ls_iterations`` and the grasp
+      contact: ``grasp_friction`` (sliding friction of the pad-cube pairs) and
+      ``grasp_timeconst`` (their solref time constant, s).
   """
   mj = mujoco.MjModel.from_xml_path(ASSET)
   mj.opt.timestep = cfg.sim_dt
   mj.opt.iterations = cfg.solver_iterations
   mj.opt.ls_iterations = cfg.ls_iterations
+  for name in GRASP_PAIRS:
+    pair = mj.pair(name)
+    pair.friction[:2] = cfg.grasp_friction
+    pair.solref[0] = cfg.grasp_timeconst
+  return mj
+
+
+def load_model(cfg: ml_collections.ConfigDict) -> tuple[mujoco.MjModel, mjx.Model]:
+  """(:func:`scene_model`, its MJX copy on this process's device)."""
+  mj = scene_model(cfg)
   return mj, mjx.put_model(mj, impl="jax", device=local_device())
 
 

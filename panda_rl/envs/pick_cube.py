@@ -105,6 +105,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.success_radius = 0.05  # success: cube within this distance of the TCP (m)
   c.solver_iterations = 3  # MuJoCo Newton solver iterations (2 drops grasps: BENCHMARKS.md)
   c.ls_iterations = 4  # MuJoCo line-search iterations
+  # The finger pads' contacts with the cube (their <pair>s; MuJoCo's pair defaults):
+  c.grasp_friction = 1.0  # sliding friction
+  c.grasp_timeconst = 0.02  # solref time constant (s); MuJoCo raises it to >= 2 * sim_dt
   return c
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from panda_rl.envs import pick_cube
 from panda_rl.envs.base import REWARD_TERMS_PREFIX, scaled_reward_sum
-from panda_rl.envs.panda import ASSET, HOME_QPOS, TORQUE_LIMITS
+from panda_rl.envs.panda import HOME_QPOS, TORQUE_LIMITS, scene_model
 
 ARM_DOFS = 7
 ROT_TARGET = np.diag([1.0, -1.0, -1.0])  # tool pointing down, fingers along world y
@@ -69,15 +69,6 @@ class StepResult(NamedTuple):
   @property
   def done(self) -> bool:
     return self.terminated or self.truncated
-
-
-def load_model(cfg) -> mujoco.MjModel:
-  """The scene's ``MjModel`` with the config's timestep and solver iterations (as MJX's)."""
-  mj = mujoco.MjModel.from_xml_path(ASSET)
-  mj.opt.timestep = cfg.sim_dt
-  mj.opt.iterations = cfg.solver_iterations
-  mj.opt.ls_iterations = cfg.ls_iterations
-  return mj
 
 
 def task_config(overrides: Dict[str, Any]):
@@ -168,7 +159,7 @@ class PandaPickCubeC:
   def __init__(self, **overrides):
     self.config = cfg = task_config(overrides)
     self.n_substeps = int(round(cfg.ctrl_dt / cfg.sim_dt))
-    self.model = m = load_model(cfg)
+    self.model = m = scene_model(cfg)
     self.data = mujoco.MjData(m)
     self._tcp = m.site("tcp").id
     self._cube_qpos = int(m.jnt_qposadr[m.joint("cube_joint").id])
