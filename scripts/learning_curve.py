@@ -3,13 +3,18 @@ plot.
 
     python scripts/learning_curve.py runs/panda_rl/mujoco_ppo_mlp [--json curve.json]
         [--thresholds 0.5 0.8 0.9] [--plot [PNG]]
+    python scripts/learning_curve.py RUN_A RUN_B ...   # the seeds of several runs together
+    python scripts/learning_curve.py RUN_A earlier.json --plot   # with a saved report's seeds
 
 Wall-clock is ``time/wall_s`` as logged by the trainer: seconds since the run started, so
 the first compile and every evaluation are included.
 
-A run of several seeds (``runner.num_seeds``; ``seed_<k>/`` sub-directories) prints the mean
-over the seeds (with their min and max), when each seed first reached each threshold, and
-its JSON holds every seed's curve under ``"seeds"``. ``--plot`` writes a PNG (default
+A run of several seeds (``runner.num_seeds``; ``seed_<k>/`` sub-directories, seed_<k> being
+PRNG seed ``runner.seed`` + k) prints the mean over the seeds (with their min and max), when
+each seed first reached each threshold, and its JSON holds every seed's curve under
+``"seeds"``. Several run directories (or multi-seed reports this script wrote with
+``--json``) merge their seeds (each seed once) and average them at the iterations all of
+them evaluated; each seed's wall-clock is its own run's. ``--plot`` writes a PNG (default
 ``<run dir>/learning_curve.png``): eval success against env steps and against wall-clock,
 one line per seed plus their mean (one line for a 1-seed run); it needs matplotlib
 (``pip install matplotlib``, or ``pip install -e '.[plot]'``).
@@ -54,9 +59,62 @@ def curve(run_dir: str) -> list:
   return rows
 
 
+def _first_seed(run_dir: str) -> int:
+  """The run's ``runner.seed`` (its config.json), 0 if it has none."""
+  path = Path(run_dir) / "config.json"
+  if not path.exists():
+    return 0
+  return int(json.loads(path.read_text()).get("runner", {}).get("seed", 0))
+
+
 def seed_curves(run_dir: str) -> dict:
-  """{seed k: :func:`curve` of ``<run_dir>/seed_<k>``}; {} for a 1-seed run."""
-  return {int(p.name.split("_")[1]): curve(str(p)) for p in seed_dirs(run_dir)}
+  """{PRNG seed: :func:`curve`} of a multi-seed run's ``seed_<k>/`` runs (seed k of a run is
+  its ``runner.seed`` + k); {} for a 1-seed run."""
+  first = _first_seed(run_dir)
+  return {first + int(p.name.split("_")[1]): curve(str(p)) for p in seed_dirs(run_dir)}
+
+
+def _saved_seeds(path: str) -> dict:
+  """{PRNG seed: curve} of a multi-seed report that ``--json`` wrote."""
+  report = json.loads(Path(path).read_text())
+  if "seeds" not in report:
+    raise SystemExit(f"{path}: not a multi-seed report of this script (no \"seeds\")")
+  return {int(s["seed"]): s["curve"] for s in report["seeds"]}
+
+
+def merged_seeds(run_dirs: list) -> dict:
+  """{PRNG seed: curve} over several runs (a 1-seed run counts as its ``runner.seed``; a
+  ``.json`` path is a multi-seed report written by ``--json``)."""
+  seeds = {}
+  for run_dir in run_dirs:
+    if str(run_dir).endswith(".json"):
+      found = _saved_seeds(run_dir)
+    else:
+      found = seed_curves(run_dir) or {_first_seed(run_dir): curve(run_dir)}
+    for seed, rows in found.items():
+      if seed in seeds:
+        raise SystemExit(f"seed {seed} appears in more than one of the runs {run_dirs}")
+      seeds[seed] = rows
+  return seeds
+
+
+def mean_curve(seeds: dict) -> list:
+  """Per iteration that every seed evaluated: the mean row over the seeds, with the min and
+  max eval success (wall-clock: the mean of the seeds' runs)."""
+  by_iter = [{r["iteration"]: r for r in rows} for rows in seeds.values()]
+  common = sorted(set.intersection(*(set(b) for b in by_iter)))
+  mean = lambda xs: sum(xs) / len(xs)
+  out = []
+  for it in common:
+    rows = [b[it] for b in by_iter]
+    success = [r["eval_success"] for r in rows]
+    out.append({"iteration": it, "env_steps": rows[0]["env_steps"],
+                "wall_s": _round(mean([r["wall_s"] for r in rows]), 1),
+                "eval_success": _round(mean(success), 4),
+                "train_success_once": _round(mean([r["train_success_once"] for r in rows]), 4),
+                "eval_success" + MIN_SUFFIX: min(success),
+                "eval_success" + MAX_SUFFIX: max(success)})
+  return out
 
 
 def first_reaching(rows: list, threshold: float):
@@ -117,13 +175,19 @@ def plot(rows: list, seeds: dict, path: str, title: str = "") -> None:
   plt.close(fig)
 
 
-def report(run_dir: str, thresholds: list) -> dict:
+def report(run_dirs: list, thresholds: list) -> dict:
   """Prints the table and the thresholds; returns what ``--json`` writes."""
-  rows, seeds = curve(run_dir), seed_curves(run_dir)
+  if len(run_dirs) == 1:  # the mean is the run's own aggregate
+    rows, seeds = curve(run_dirs[0]), seed_curves(run_dirs[0])
+  else:
+    seeds = merged_seeds(run_dirs)
+    rows = mean_curve(seeds)
   if seeds:
-    print(f"mean over {len(seeds)} seeds (seed_0 .. seed_{max(seeds)}), min and max:")
+    print(f"mean over {len(seeds)} seeds ({', '.join(map(str, sorted(seeds)))}), "
+          "min and max:")
   print_table(rows)
-  out = {"run_dir": run_dir, "curve": rows, "first_reaching": {}}
+  out = {"run_dir": run_dirs[0] if len(run_dirs) == 1 else run_dirs, "curve": rows,
+         "first_reaching": {}}
   for t in thresholds:
     r = first_reaching(rows, t)
     out["first_reaching"][str(t)] = r
@@ -141,7 +205,7 @@ def report(run_dir: str, thresholds: list) -> dict:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("run_dir")
+  p.add_argument("run_dir", nargs="+", help="one run, or several whose seeds are merged")
   p.add_argument("--json", default="")
   p.add_argument("--thresholds", type=float, nargs="*", default=[0.5, 0.8, 0.9])
   p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
@@ -152,9 +216,9 @@ def main(argv=None):
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1)
   if args.plot is not None:
-    path = args.plot or str(Path(args.run_dir) / "learning_curve.png")
+    path = args.plot or str(Path(args.run_dir[0]) / "learning_curve.png")
     seeds = {s["seed"]: s["curve"] for s in out.get("seeds", [])}
-    plot(out["curve"], seeds, path, title=str(args.run_dir))
+    plot(out["curve"], seeds, path, title=" + ".join(args.run_dir))
     print(f"plot: {path}", file=sys.stderr)
 
 

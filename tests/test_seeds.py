@@ -219,12 +219,35 @@ def test_learning_curve_plots_and_tabulates_every_seed(two, one, tmp_path, capsy
   data = png.read_bytes()
   assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
   report = json.loads(out.read_text())
-  assert [s["seed"] for s in report["seeds"]] == [0, 1]
+  assert [s["seed"] for s in report["seeds"]] == [SEED, SEED + 1]  # PRNG seeds
   assert [r["iteration"] for r in report["seeds"][1]["curve"]] == [2, 3]
   assert "eval_success_min" in report["curve"][0]
-  assert "seed 1: iteration 2" in capsys.readouterr().out
+  assert f"seed {SEED + 1}: iteration 2" in capsys.readouterr().out
   lc.main([str(one.workdir), "--plot"])  # one seed: one line, the default path
   assert (one.workdir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+  # Several runs merge their seeds; ``one`` is seed 6 again, so it cannot join ``two``.
+  with pytest.raises(SystemExit, match=f"seed {SEED + 1} appears in more than one"):
+    lc.main([str(two.workdir), str(one.workdir)])
+  # A saved report joins a run: here the 2-seed report (seeds 5, 6) and a 1-seed run of 7.
+  other = _copy_run(one, tmp_path / "other") / Path(*one.workdir.parts[-2:])
+  config = json.loads((other / "config.json").read_text())
+  config["runner"]["seed"] = SEED + 2
+  (other / "config.json").write_text(json.dumps(config))
+  lc.main([str(out), str(other), "--json", str(tmp_path / "merged.json")])
+  merged = json.loads((tmp_path / "merged.json").read_text())
+  assert [s["seed"] for s in merged["seeds"]] == [SEED, SEED + 1, SEED + 2]
+  assert [r["iteration"] for r in merged["curve"]] == [2, 3]
+
+
+def test_learning_curve_merges_the_seeds_of_several_runs():
+  lc = _learning_curve()
+  row = lambda it, s: {"iteration": it, "env_steps": 10 * it, "wall_s": float(it),
+                       "eval_success": s, "train_success_once": s}
+  seeds = {0: [row(1, 0.2), row(2, 0.6)], 3: [row(1, 0.4), row(2, 1.0), row(3, 1.0)]}
+  mean = lc.mean_curve(seeds)
+  assert [r["iteration"] for r in mean] == [1, 2]  # the iterations every seed evaluated
+  np.testing.assert_allclose([r["eval_success"] for r in mean], [0.3, 0.8])
+  assert (mean[1]["eval_success_min"], mean[1]["eval_success_max"]) == (0.6, 1.0)
 
 
 def test_evaluate_cli_function_evaluates_the_chosen_seed(two):

@@ -36,25 +36,32 @@ def scripted_action(obs: jax.Array, *, hover: float = 0.06, lift_z: float = 0.25
   return jnp.concatenate([xyz, grip[None]])
 
 
-def scripted_success_rate(env, num_episodes: int, key: jax.Array) -> dict:
-  """Runs one episode per env with the scripted policy; returns success statistics."""
+def scripted_success_rate(env, num_episodes: int, key: jax.Array,
+                          action_noise: float = 0.0) -> dict:
+  """Runs one episode per env with the scripted policy; returns success statistics.
+
+  ``action_noise``: std of Gaussian noise added to every action (then clipped to [-1, 1]),
+  the way a stochastic policy moves: how robust the grasp is to jittery commands.
+  """
   num_steps = env.config.episode_length
   damping = 0.2 if env.config.target_mode == "accumulate" else 0.0
-  keys = jax.random.split(key, num_episodes)
+  keys = jax.random.split(key, num_episodes)  # the resets do not depend on the noise
+  noise_key = jax.random.fold_in(key, 1)
 
   @jax.jit
   def run(keys):
     state = jax.vmap(env.reset)(keys)
 
-    def body(carry, _):
+    def body(carry, step_key):
       state, success_once = carry
       act = jax.vmap(lambda o: scripted_action(o, damping=damping))(state.obs)
+      act = jnp.clip(act + action_noise * jax.random.normal(step_key, act.shape), -1.0, 1.0)
       state = jax.vmap(env.step)(state, act)
       lift = state.metrics["reward_terms/lift"]
       return (state, jnp.maximum(success_once, state.metrics["success"])), lift
 
-    (state, success_once), lift = jax.lax.scan(body, (state, jnp.zeros(num_episodes)), None,
-                                               length=num_steps)
+    (state, success_once), lift = jax.lax.scan(body, (state, jnp.zeros(num_episodes)),
+                                               jax.random.split(noise_key, num_steps))
     return success_once, state.metrics["success"], lift
 
   success_once, final_success, lift = run(keys)
@@ -62,5 +69,6 @@ def scripted_success_rate(env, num_episodes: int, key: jax.Array) -> dict:
       "success_once": float(success_once.mean()),
       "final_success": float(final_success.mean()),
       "num_episodes": num_episodes,
+      "action_noise": action_noise,
       "max_lift_mean": float(lift.max(axis=0).mean()),
   }

@@ -1,0 +1,53 @@
+"""scripts/benchmark_c_mujoco.py: the ceiling is measured on the env's own scene settings."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+  spec = importlib.util.spec_from_file_location("benchmark_c_mujoco",
+                                                REPO / "scripts" / "benchmark_c_mujoco.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_ceiling_steps_the_envs_scene_and_counts_control_steps(tmp_path):
+  bench = _script()
+  out = tmp_path / "c.json"
+  bench.main(["--batch", "4", "--steps", "3", "--repeats", "1", "--threads", "1", "2",
+              "--override", "sim_dt=0.01", "grasp_friction=1.5", "--json", str(out)])
+  report = json.loads(out.read_text())
+  assert report["substeps"] == 2 and report["overrides"] == {"sim_dt": 0.01,
+                                                             "grasp_friction": 1.5}
+  assert [r["threads"] for r in report["rows"]] == [1, 2]
+  for row in report["rows"]:
+    assert row["control_steps_per_s"] > 0
+    assert abs(row["physics_steps_per_s"] - 2 * row["control_steps_per_s"]) <= 2  # rounding
+
+
+def test_states_start_at_home_with_the_cube_on_the_floor_and_controls_are_held():
+  import mujoco
+
+  from panda_rl.envs import pick_cube
+  from panda_rl.envs.panda import scene_model
+
+  bench = _script()
+  model = scene_model(pick_cube.default_config())
+  rng = np.random.default_rng(0)
+  states = bench.initial_states(model, 3, rng)
+  data = mujoco.MjData(model)
+  cube = int(model.jnt_qposadr[model.joint("cube_joint").id])
+  for state in states:
+    mujoco.mj_setState(model, data, state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    np.testing.assert_allclose(data.qpos[:7], model.key("home").qpos[:7])
+    assert 0.25 <= data.qpos[cube] <= 0.55 and -0.25 <= data.qpos[cube + 1] <= 0.25
+  controls = bench.random_controls(model, 3, 5, 4, rng)
+  assert controls.shape == (3, 20, model.nu)
+  np.testing.assert_array_equal(controls[:, 0], controls[:, 3])  # held for 4 substeps
+  assert np.all(np.abs(controls) <= np.abs(model.actuator_ctrlrange).max(axis=1) + 1e-9)
