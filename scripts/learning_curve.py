@@ -100,16 +100,20 @@ def merged_seeds(run_dirs: list) -> dict:
 
 def mean_curve(seeds: dict) -> list:
   """Per iteration that every seed evaluated: the mean row over the seeds, with the min and
-  max eval success (wall-clock: the mean of the seeds' runs)."""
+  max eval success. Its wall-clock is NaN: the seeds' runs have their own clocks (and may
+  have run on other machines)."""
   by_iter = [{r["iteration"]: r for r in rows} for rows in seeds.values()]
   common = sorted(set.intersection(*(set(b) for b in by_iter)))
-  mean = lambda xs: sum(xs) / len(xs)
+  def mean(xs):  # over the seeds with a value (train success is NaN where no episode ended)
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
   out = []
   for it in common:
     rows = [b[it] for b in by_iter]
     success = [r["eval_success"] for r in rows]
     out.append({"iteration": it, "env_steps": rows[0]["env_steps"],
-                "wall_s": _round(mean([r["wall_s"] for r in rows]), 1),
+                "wall_s": float("nan"),
                 "eval_success": _round(mean(success), 4),
                 "train_success_once": _round(mean([r["train_success_once"] for r in rows]), 4),
                 "eval_success" + MIN_SUFFIX: min(success),
