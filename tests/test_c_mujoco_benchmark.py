@@ -1,20 +1,13 @@
 """scripts/benchmark_c_mujoco.py: the ceiling is measured on the env's own scene settings."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from script_modules import load_script
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location("benchmark_c_mujoco",
-                                                REPO / "scripts" / "benchmark_c_mujoco.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("benchmark_c_mujoco")
 
 
 def test_ceiling_steps_the_envs_scene_and_counts_control_steps(tmp_path):

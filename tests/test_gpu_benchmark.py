@@ -2,19 +2,13 @@
 runner's evaluation lines, and scripts/gpu_report.py turns the stages' JSON (complete,
 partial or missing) into the summary with the targets."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from script_modules import load_script
 
 
-def _script(name):
-  spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_script = load_script
 
 
 def test_evaluation_lines_are_read():

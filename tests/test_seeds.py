@@ -6,7 +6,6 @@ resumes exactly; ``load_policy(dir, seed=k)``; clear errors; ``learning_curve.py
 
 import panda_rl  # noqa: F401  (first: XLA flags)
 
-import importlib.util
 import json
 import math
 import shutil
@@ -23,6 +22,7 @@ from panda_rl.checkpoint import CheckpointError
 from panda_rl.config import ConfigError, load_config
 from panda_rl.logger import read_scalars
 from panda_rl.runner import train_and_evaluate
+from script_modules import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
@@ -205,11 +205,7 @@ def test_several_seeds_need_the_collocated_placement(tmp_path):
 
 
 def _learning_curve():
-  spec = importlib.util.spec_from_file_location("learning_curve",
-                                                REPO / "scripts" / "learning_curve.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("learning_curve")
 
 
 def test_learning_curve_plots_and_tabulates_every_seed(two, one, tmp_path, capsys):
