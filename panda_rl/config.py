@@ -120,8 +120,8 @@ def add_env_settings(config: ml_collections.ConfigDict, overrides: Mapping[str, 
     if len(parts) != 4 or parts[0] != "env" or parts[2] != "overrides":
       continue
     section = config.env.get(parts[1])
-    if not isinstance(section, ml_collections.ConfigDict) or parts[3] in section.get(
-        "overrides", {}) or "overrides" not in section:
+    if (not isinstance(section, ml_collections.ConfigDict) or "overrides" not in section
+        or parts[3] in section.overrides):
       continue  # an existing field, or a path check_override_paths reports
     env_id = str(overrides.get(f"env.{parts[1]}.env_id", section.get("env_id") or
                                overrides.get("env.train.env_id", config.env.train.env_id)))
@@ -138,26 +138,6 @@ def add_env_settings(config: ml_collections.ConfigDict, overrides: Mapping[str, 
                   f"{parts[3]!r}.{hint} Its settings: {', '.join(sorted(defaults)) or '(none)'}.")
   if errors:
     raise ConfigError("\n".join(errors))
-
-
-def override_paths_from_argv(argv: Sequence[str], flag_name: str = "config") -> List[str]:
-  """The field paths set by ``--config.a.b=...`` / ``--config.a.b ...`` in ``argv``."""
-  paths = []
-  prefix = f"--{flag_name}."
-  for arg in argv:
-    if arg.startswith(prefix):
-      paths.append(arg[len(prefix):].split("=", 1)[0])
-  return paths
-
-
-def config_file_from_argv(argv: Sequence[str], flag_name: str = "config") -> str | None:
-  """The path given by ``--config=PATH`` or ``--config PATH`` in ``argv``, if any."""
-  for i, arg in enumerate(argv):
-    if arg.startswith(f"--{flag_name}="):
-      return arg.split("=", 1)[1]
-    if arg == f"--{flag_name}" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
 
 
 # --------------------------------------------------------------------------------------
@@ -216,9 +196,10 @@ def load_config(path: str | os.PathLike,
     o = o if o.startswith("--") else f"--config.{o}"
     latest[o.split("=", 1)[0]] = o
   argv = ["panda_rl", *latest.values()]
-  add_env_settings(config, {k[len("--config."):]: o.split("=", 1)[1] if "=" in o else None
-                            for k, o in latest.items()})
-  check_override_paths(config, override_paths_from_argv(argv))
+  values = {k[len("--config."):]: o.split("=", 1)[1] if "=" in o else None
+            for k, o in latest.items()}  # field path -> its command-line string
+  add_env_settings(config, values)
+  check_override_paths(config, values)
   fv = flags.FlagValues()
   config_flags.DEFINE_config_dict("config", config, flag_values=fv, sys_argv=argv)
   try:

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from panda_rl.logger import read_scalars
-from panda_rl.seeds import MAX_SUFFIX, MIN_SUFFIX, seed_dirs
+from panda_rl.seeds import MAX_SUFFIX, MIN_SUFFIX, aggregate, seed_dirs
 
 SUCCESS = "eval/success_once"
 
@@ -104,20 +104,18 @@ def mean_curve(seeds: dict) -> list:
   have run on other machines)."""
   by_iter = [{r["iteration"]: r for r in rows} for rows in seeds.values()]
   common = sorted(set.intersection(*(set(b) for b in by_iter)))
-  def mean(xs):  # over the seeds with a value (train success is NaN where no episode ended)
-    xs = [x for x in xs if x == x]
-    return sum(xs) / len(xs) if xs else float("nan")
-
   out = []
   for it in common:
     rows = [b[it] for b in by_iter]
-    success = [r["eval_success"] for r in rows]
-    out.append({"iteration": it, "env_steps": rows[0]["env_steps"],
-                "wall_s": float("nan"),
-                "eval_success": _round(mean(success), 4),
-                "train_success_once": _round(mean([r["train_success_once"] for r in rows]), 4),
-                "eval_success" + MIN_SUFFIX: min(success),
-                "eval_success" + MAX_SUFFIX: max(success)})
+    # Means, min and max over the seeds with a finite value, as the run loop logs them
+    # (train success is NaN where no episode ended).
+    agg = aggregate([{"eval_success": r["eval_success"],
+                      "train_success_once": r["train_success_once"]} for r in rows])
+    out.append({"iteration": it, "env_steps": rows[0]["env_steps"], "wall_s": float("nan"),
+                "eval_success": _round(agg["eval_success"], 4),
+                "train_success_once": _round(agg["train_success_once"], 4),
+                "eval_success" + MIN_SUFFIX: agg["eval_success" + MIN_SUFFIX],
+                "eval_success" + MAX_SUFFIX: agg["eval_success" + MAX_SUFFIX]})
   return out
 
 

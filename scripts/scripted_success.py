@@ -30,8 +30,8 @@ def main():
                                  args.action_noise)
   result["wall_s"] = round(time.perf_counter() - t0, 1)
   print(f"scripted pick policy: success_once {result['success_once']:.1%} over "
-        f"{args.episodes} random resets, action noise {args.action_noise} (cube still held at the end: "
-        f"{result['final_success']:.1%}); {result['wall_s']} s incl. compile")
+        f"{args.episodes} random resets, action noise {args.action_noise} (cube still held "
+        f"at the end: {result['final_success']:.1%}); {result['wall_s']} s incl. compile")
   print(json.dumps({"overrides": overrides, **result}))
 
 

@@ -8,11 +8,8 @@ import sys
 from script_modules import load_script
 
 
-_script = load_script
-
-
 def test_evaluation_lines_are_read():
-  tts = _script("time_to_success")
+  tts = load_script("time_to_success")
   line = ("[iter 40/100] env steps 5,242,880  eval/episode_len=61.5  eval/return=37.2  "
           "eval/success_once=0.9141  time/eval_s=0.8132\n")
   it, steps, values = tts.parse_eval(line)
@@ -39,7 +36,7 @@ def test_report_states_the_targets(tmp_path, monkeypatch, capsys):
          "evals": [], "started": {"compile_s": 40.0}}
   (tmp_path / "ppo_gpu.json").write_text(json.dumps(ppo))
   monkeypatch.setattr(sys, "argv", ["gpu_report.py", str(tmp_path)])
-  _script("gpu_report").main()
+  load_script("gpu_report").main()
   printed = capsys.readouterr().out
   assert "NVIDIA H200" in printed and "655,360" in printed and "failed: XlaRuntimeError" in printed
   summary = json.loads((tmp_path / "benchmark_gpu.json").read_text())
@@ -51,7 +48,7 @@ def test_report_states_the_targets(tmp_path, monkeypatch, capsys):
 
 def test_report_of_stages_that_did_not_run(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(sys, "argv", ["gpu_report.py", str(tmp_path)])
-  _script("gpu_report").main()
+  load_script("gpu_report").main()
   printed = capsys.readouterr().out
   assert "no env throughput measured" in printed and "PPO: not run" in printed
   t = json.loads((tmp_path / "benchmark_gpu.json").read_text())["targets"]
