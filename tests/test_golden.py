@@ -70,6 +70,7 @@ def _cnn():
   c.actor.model.cnn_strides = (2, 2)
   c.actor.model.cnn_features = 8
   c.actor.model.embed_dim = 4
+  c.actor.optim.lr_schedule = "constant"  # the golden numbers predate the config's "linear"
   c.algorithm.update_epochs = 1
   c.algorithm.num_minibatches = 2
   return c

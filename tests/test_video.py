@@ -223,6 +223,35 @@ def test_video_failure_is_a_warning_and_keeps_logs_and_checkpoints(tmp_path, mon
   assert M.VIDEO_S not in scalars
 
 
+def test_multi_seed_run_records_seed_0(tmp_path, monkeypatch):
+  """With runner.num_seeds = 2 the videos show seed 0: its unstacked state and its
+  evaluation key, not the stacked [2, ...] ones."""
+  seen = []
+
+  class Capture(eval_videos.EvalVideos):
+    def __init__(self):
+      pass
+
+    def prepare(self, trainer):
+      pass
+
+    def __call__(self, trainer, state, key, step):
+      seen.append((step, jax.device_get(state.params), np.asarray(key)))
+      return []
+
+  monkeypatch.setattr(runner, "video_recorder", lambda config: Capture())
+  result = train_lib.train_and_evaluate(_tiny_config(tmp_path, "runner.num_seeds=2",
+                                                     "runner.seed=3"))
+  assert [step for step, _, _ in seen] == [1, 2]
+  _, params, key = seen[-1]
+  want = jax.device_get(result.seed_state(0).params)
+  other = jax.device_get(result.seed_state(1).params)
+  jax.tree.map(np.testing.assert_array_equal, params, want)
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(params), jax.tree.leaves(other)))
+  np.testing.assert_array_equal(key, np.asarray(runner._eval_keys(3, 2, 2))[0])
+
+
 # --------------------------------------------------------------------------------------
 # Command lines: a 1-iteration PandaPickCube-v0 run (100-step episodes), then evaluate.
 
