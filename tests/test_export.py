@@ -78,14 +78,16 @@ def test_the_sidecar_describes_inputs_outputs_control_and_config(state_run):
 
 
 def test_a_vision_policy_exports_with_one_input_per_observation_key(tmp_path):
-  run, _ = write_policy_checkpoint(tmp_path / "run", "mujoco_ppo_cnn.py")
+  run, config = write_policy_checkpoint(tmp_path / "run", "mujoco_ppo_cnn.py")
+  size = [config.env.train.overrides.image_height, config.env.train.overrides.image_width]
   out = tmp_path / "deploy" / "cnn.onnx"
   result = export.export(str(run / "checkpoints" / "3"), out=str(out))
   assert result.model == out and result.sidecar == tmp_path / "deploy" / "cnn.json"
   side = json.loads(result.sidecar.read_text())
   shapes = {i["name"]: (i["shape"], i["dtype"]) for i in side["inputs"]}
-  assert shapes == {"front": (["batch", 32, 32, 3], "uint8"),
-                    "wrist": (["batch", 32, 32, 3], "uint8"),
+  assert size == [64, 64]  # the config's images: the env's default
+  assert shapes == {"front": (["batch", *size, 3], "uint8"),
+                    "wrist": (["batch", *size, 3], "uint8"),
                     "gripper_pos": (["batch", 1], "float32"),
                     "instruction": (["batch", 8], "int32"),
                     "tcp_pos": (["batch", 3], "float32"), "tcp_vel": (["batch", 3], "float32")}
