@@ -73,16 +73,20 @@ def _quiet_closed_loop_callbacks() -> None:
 
 
 def _drop_orphaned_read_errors(record: logging.LogRecord) -> bool:
-  """Drops asyncio's "Task exception was never retrieved" for tensorstore reads.
+  """Drops asyncio's "Task/Future exception was never retrieved" for tensorstore reads.
 
   The same failed read as above: when one read fails, orbax stops waiting and the other reads'
-  tasks end with their own tensorstore errors nobody awaits; asyncio logs each with its
-  traceback when the task is collected. The error we raise already names the damaged file.
-  Other never-retrieved task errors are still logged.
+  tasks (or the bare futures tensorstore hands asyncio) end with their own tensorstore errors
+  nobody awaits; asyncio logs each with its traceback when it is collected. The error we raise
+  already names the damaged file. Other never-retrieved errors are still logged.
   """
   exc = record.exc_info[1] if record.exc_info else None
-  return not (str(record.msg).startswith("Task exception was never retrieved")
+  return not (str(record.msg).startswith(_NEVER_RETRIEVED)
               and exc is not None and "tensorstore_spec" in str(exc))
+
+
+# asyncio's two wordings (base_events' default exception handler, via Task or Future __del__).
+_NEVER_RETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
 
 
 def _handlers():
