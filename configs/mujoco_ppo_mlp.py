@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout = ml_collections.ConfigDict()
   c.rollout.num_steps = 32  # env steps per env per training iteration (T)
   c.rollout.pipeline_stage_num = 1  # env-batch stages overlapping physics and inference
+  # Exploration noise correlated over steps: AR(1) coefficient rho in [0, 1), each step's
+  # noise still N(0, 1), consecutive steps pushing the same way for ~1/(1-rho) steps; 0 = white.
+  c.rollout.noise_correlation = 0.0
 
   c.actor = ml_collections.ConfigDict()
   c.actor.model = ml_collections.ConfigDict()

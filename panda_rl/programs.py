@@ -67,6 +67,8 @@ class IterationFns(NamedTuple):
     value: (params, normalizer, obs) -> V [B]; None for value-free algorithms.
     env: the batched training env (``step``, ``action_size``, ``episode_keys``).
     num_steps: T.
+    noise_correlation: the exploration noise's AR(1) coefficient between steps
+      (:func:`panda_rl.rollout.rollout_noise`; 0 = white).
     settings: what the functions are built from (JSON-able, e.g. the config's
       :func:`~panda_rl.config.program_settings`): the one-device iteration is then kept
       traced across processes (:mod:`panda_rl.program_cache`); None: plain ``jax.jit``.
@@ -83,6 +85,7 @@ class IterationFns(NamedTuple):
   env: Any
   num_steps: int
   settings: Any = None
+  noise_correlation: float = 0.0
 
 
 def _with_seed_axis(shardings: Any) -> Any:
@@ -200,8 +203,8 @@ class StagedPrograms:
     num_envs, num_steps, action_size = pl.num_envs, fns.num_steps, env.action_size
 
     def act(params, normalizer, obs, k_rollout, t, stage):
-      step_key = jax.random.split(k_rollout, num_steps)[t]
-      noise = rollout_lib.step_noise(step_key, num_envs, action_size)
+      noise = rollout_lib.noise_at(k_rollout, t, num_steps, num_envs, action_size,
+                                   fns.noise_correlation)
       noise = rollout_lib.split_stages(noise, k, block=blk)[stage]
       return fns.act(params, normalizer, obs, noise)
 

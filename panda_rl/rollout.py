@@ -107,6 +107,39 @@ def step_noise(key: Array, num_envs: int, action_size: int) -> Array:
   return jax.random.normal(key, (num_envs, action_size), jnp.float32)
 
 
+def rollout_noise(key: Array, num_steps: int, num_envs: int, action_size: int,
+                  correlation: float = 0.0) -> Array:
+  """[T, B, A] exploration noise of a whole rollout, standard normal at every step.
+
+  ``correlation = rho`` in [0, 1): an AR(1) process over the rollout's steps,
+  ``n_0 = w_0``, ``n_t = rho n_{t-1} + sqrt(1 - rho^2) w_t`` with ``w_t`` the white noise of
+  step t (:func:`step_noise` of ``split(key, T)[t]``), so each step's noise is still N(0, 1)
+  (the policy's log-probabilities are unchanged) while consecutive steps push the same way
+  for about ``1 / (1 - rho)`` steps. ``rho = 0`` is the white noise itself.
+  """
+  white = jnp.stack([step_noise(k, num_envs, action_size)
+                     for k in jax.random.split(key, num_steps)])
+  if correlation == 0.0:
+    return white
+  rho = jnp.float32(correlation)
+  innovation = jnp.sqrt(1.0 - rho * rho)
+
+  def ar(prev, w):
+    n = rho * prev + innovation * w
+    return n, n
+
+  _, rest = jax.lax.scan(ar, white[0], white[1:])
+  return jnp.concatenate([white[:1], rest])
+
+
+def noise_at(key: Array, t: int, num_steps: int, num_envs: int, action_size: int,
+             correlation: float = 0.0) -> Array:
+  """[B, A] the noise of step ``t`` of :func:`rollout_noise` (for step-by-step rollouts)."""
+  if correlation == 0.0:
+    return step_noise(jax.random.split(key, num_steps)[t], num_envs, action_size)
+  return rollout_noise(key, num_steps, num_envs, action_size, correlation)[t]
+
+
 def env_record(env: Env, state: EnvState, nxt: EnvState) -> Dict[str, Any]:
   """The env's part of a :class:`Transition` for the step ``state -> nxt``."""
   return dict(obs=state.obs, reward=nxt.reward, done=nxt.done, terminated=nxt.terminated,
@@ -130,8 +163,8 @@ def act_and_step(env: Env, state: EnvState, noise: Array, act_fn: ActFn,
 
 
 def collect(env: Env, env_state: EnvState, key: Array, num_steps: int, act_fn: ActFn,
-            value_fn: Optional[ValueFn] = None, num_stages: int = 1, stage_block: int = 1
-            ) -> Tuple[EnvState, Transition]:
+            value_fn: Optional[ValueFn] = None, num_stages: int = 1, stage_block: int = 1,
+            noise_correlation: float = 0.0) -> Tuple[EnvState, Transition]:
   """Runs ``num_steps`` steps of the batched env ``env`` (an AutoResetWrapper).
 
   Args:
@@ -146,18 +179,24 @@ def collect(env: Env, env_state: EnvState, key: Array, num_steps: int, act_fn: A
       (one stage's physics with another stage's inference). The result does not depend
       on k (up to float rounding of differently-sized matmuls).
     stage_block: envs kept together within a stage (see :func:`split_stages`).
+    noise_correlation: the AR(1) coefficient of the exploration noise between steps
+      (:func:`rollout_noise`); 0 = white noise.
 
   Returns:
     (env_state after the last step, Transition with leading axes [T, B]).
   """
   num_envs = jax.tree.leaves(env_state.reward)[0].shape[0]
 
-  def step(states, step_key: Array):
-    noises = split_stages(step_noise(step_key, num_envs, env.action_size), num_stages,
-                          block=stage_block)
+  white = noise_correlation == 0.0
+
+  def step(states, x: Array):  # x: the step's key (white noise) or its noise [B, A]
+    noise = step_noise(x, num_envs, env.action_size) if white else x
+    noises = split_stages(noise, num_stages, block=stage_block)
     out = [act_and_step(env, st, nz, act_fn, value_fn) for st, nz in zip(states, noises)]
     return [o[0] for o in out], merge_stages([o[1] for o in out], block=stage_block)
 
   states = split_stages(env_state, num_stages, block=stage_block)
-  states, traj = jax.lax.scan(step, states, jax.random.split(key, num_steps))
+  xs = (jax.random.split(key, num_steps) if white else
+        rollout_noise(key, num_steps, num_envs, env.action_size, noise_correlation))
+  states, traj = jax.lax.scan(step, states, xs)
   return merge_stages(states, block=stage_block), traj

@@ -96,6 +96,7 @@ class Trainer:
     self.config, self.algorithm, self.placement = config, setup.algorithm, setup.placement
     alg = config.algorithm
     self.num_steps = int(config.rollout.num_steps)
+    self.noise_correlation = float(config.rollout.get("noise_correlation", 0.0))
     self.normalize_obs = bool(alg.normalize_obs)
     self.update_epochs = int(alg.update_epochs)
     self.num_minibatches = int(alg.num_minibatches)
@@ -126,7 +127,8 @@ class Trainer:
         start=self.start_fn if self.algorithm.fresh_envs else None,
         rollout=self.rollout_fn, learn=self.learn_fn, act=self.act_fn,
         value=self.value_fn if self.algorithm.needs_value else None, env=self.env,
-        num_steps=self.num_steps, settings=program_settings(self.config))
+        num_steps=self.num_steps, settings=program_settings(self.config),
+        noise_correlation=self.noise_correlation)
 
   # -- state ---------------------------------------------------------------------------
 
@@ -229,7 +231,8 @@ class Trainer:
       value = lambda obs: self.value_fn(params, normalizer, obs)
     return rollout_lib.collect(self.env, env_state, key, self.num_steps, act, value,
                                num_stages=self.placement.pipeline_stages,
-                               stage_block=self.placement.stage_block)
+                               stage_block=self.placement.stage_block,
+                               noise_correlation=self.noise_correlation)
 
   def iteration_fn(self, state: TrainState) -> Tuple[TrainState, Dict[str, Array]]:
     """Pure, unjitted training iteration (see :meth:`train_iteration`)."""

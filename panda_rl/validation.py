@@ -84,6 +84,9 @@ def _size_problems(config: Any) -> List[str]:
     out.append(f"env.train.num_envs * rollout.num_steps = {num_envs} * {num_steps} = "
                f"{num_envs * num_steps} samples per iteration must be divisible by "
                f"algorithm.num_minibatches = {minibatches}")
+  rho = config.rollout.get("noise_correlation", 0.0)
+  if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0.0 <= rho < 1.0):
+    out.append(f"rollout.noise_correlation must be a number in [0, 1), got {rho!r}")
   return out
 
 

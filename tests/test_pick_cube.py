@@ -363,6 +363,34 @@ def test_target_modes(pick_env, pick_fns):
     np.testing.assert_allclose(out.info["target"], expected, atol=1e-6)
 
 
+def test_gripper_modes_in_mjx_and_c_mujoco(pick_env, pick_fns):
+  """"delta": the command moves by action_scale_grip * a[3] from the last one, clipped to
+  [0, 1]; "absolute": the command is (a[3] + 1) / 2 whatever came before. Same in C MuJoCo."""
+  from panda_rl.envs.pick_cube_c import PandaPickCubeC
+
+  with pytest.raises(ValueError, match="gripper_mode"):
+    panda_rl.make("PandaPickCube-v0", gripper_mode="toggle")
+  a3 = np.array([-1.0, -0.4, 0.3, 1.0], np.float32)
+  before = np.array([0.0, 0.7, 0.5, 0.2], np.float32)
+  action = jnp.concatenate([jnp.zeros((4, 3)), jnp.asarray(a3)[:, None]], axis=1)
+  expected = {"delta": np.clip(before + a3, 0.0, 1.0), "absolute": (a3 + 1.0) / 2.0}
+  for mode in ("delta", "absolute"):
+    if mode == "delta":
+      reset, step = pick_fns
+    else:
+      env = panda_rl.make("PandaPickCube-v0", gripper_mode=mode)
+      reset, step = jax.jit(jax.vmap(env.reset)), jax.jit(jax.vmap(env.step))
+    state = reset(_keys(4))
+    state = state.replace(info=dict(state.info, grip_cmd=jnp.asarray(before)))
+    out = step(state, action)
+    np.testing.assert_allclose(out.info["grip_cmd"], expected[mode], atol=1e-6)
+    c_env = PandaPickCubeC(gripper_mode=mode)
+    for i in range(4):
+      c_env.reset_to(np.asarray(state.data.qpos[i]), grip_cmd=float(before[i]))
+      c_env.step(np.asarray(action[i]))
+      assert c_env.grip_cmd == pytest.approx(float(expected[mode][i]), abs=1e-6)
+
+
 def test_eval_env_drops_training_only_curricula():
   from panda_rl.envs.registry import eval_overrides
   train = {"reset_pregrasp_prob": 0.4, "reset_in_hand_prob": 0.1, "episode_length": 50}

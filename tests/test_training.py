@@ -197,3 +197,44 @@ def test_rollout_records_raw_reward_terms_and_logs_their_means():
   mask = jnp.zeros_like(traj.reward).at[0].set(1.0)  # only the first step counts
   np.testing.assert_allclose(M.reward_term_metrics(traj.terms, mask)[
       M.REWARD_TERMS_PREFIX + "distance"], np.mean(np.asarray(traj.reward[0])), rtol=1e-6)
+
+
+def test_rollout_noise_white_and_correlated():
+  """rho = 0: each step's noise is step_noise of split(key, T)[t]; rho > 0: the AR(1)
+  recursion on that same white noise, N(0, 1) at every step, lag-1 correlation rho."""
+  key = jax.random.PRNGKey(5)
+  white = rollout_lib.rollout_noise(key, 4, 3, 2)
+  for t, k in enumerate(jax.random.split(key, 4)):
+    np.testing.assert_array_equal(white[t], rollout_lib.step_noise(k, 3, 2))
+    np.testing.assert_array_equal(rollout_lib.noise_at(key, t, 4, 3, 2), white[t])
+  rho = 0.8
+  ar = np.asarray(rollout_lib.rollout_noise(key, 4, 3, 2, rho))
+  w = np.asarray(white)
+  np.testing.assert_array_equal(ar[0], w[0])
+  np.testing.assert_allclose(ar[1], rho * w[0] + 0.6 * w[1], rtol=1e-6)  # sqrt(1 - 0.64)
+  np.testing.assert_allclose(ar[2], rho * ar[1] + 0.6 * w[2], rtol=1e-6)
+  np.testing.assert_allclose(rollout_lib.noise_at(key, 3, 4, 3, 2, rho), ar[3], rtol=1e-6)
+  big = np.asarray(rollout_lib.rollout_noise(jax.random.PRNGKey(6), 8, 20000, 1, rho))[..., 0]
+  np.testing.assert_allclose(big.std(axis=1), 1.0, atol=0.03)  # every step still N(0, 1)
+  lag1 = np.mean(big[1:] * big[:-1], axis=1)
+  np.testing.assert_allclose(lag1, rho, atol=0.03)
+
+
+def test_collect_acts_on_the_correlated_noise():
+  env = AutoResetWrapper(panda_rl.make("PointReach-v0"), num_envs=4)
+  act = lambda obs, noise: (noise, jnp.zeros(obs.shape[0]), jnp.zeros(obs.shape[0]))
+  key = jax.random.PRNGKey(1)
+  for stages in (1, 2):
+    _, traj = jax.jit(lambda s, k: rollout_lib.collect(
+        env, s, k, 6, act, num_stages=stages, noise_correlation=0.9))(
+            env.reset(jax.random.PRNGKey(0)), key)
+    np.testing.assert_allclose(traj.action, rollout_lib.rollout_noise(key, 6, 4, 2, 0.9),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1])
+def test_bad_noise_correlation_fails_clearly(value):
+  c = probe_config()
+  c.rollout.noise_correlation = value
+  with pytest.raises(ValueError, match="rollout.noise_correlation must be a number in"):
+    training.Trainer(c)

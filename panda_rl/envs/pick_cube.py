@@ -49,13 +49,14 @@ from panda_rl.envs import curriculum
 from panda_rl.envs.base import REWARD_TERMS_PREFIX, EnvState, scaled_reward_sum
 from panda_rl.envs.panda import ASSET, HOME_QPOS, TORQUE_LIMITS, PandaBase
 
-__all__ = ["ASSET", "HOME_QPOS", "OBS_LAYOUT", "REWARD_TERMS", "REWARD_TYPES", "TARGET_MODES",
+__all__ = ["ASSET", "GRIPPER_MODES", "HOME_QPOS", "OBS_LAYOUT", "REWARD_TERMS", "REWARD_TYPES", "TARGET_MODES",
            "TORQUE_LIMITS", "PandaPickCube", "default_config"]
 
 OBS_LAYOUT = (("tcp_pos", 3), ("tcp_vel", 3), ("gripper_pos", 1), ("cube_pos", 3))
 REWARD_TYPES = ("dense", "relative", "sparse")
 TARGET_MODES = ("tcp", "accumulate")
 CONTROLLER_RATES = ("substep", "control")
+GRIPPER_MODES = ("delta", "absolute")
 # Dense-reward terms in summation order, and the config key of each one's scale.
 REWARD_TERMS = (("reach", "reach_weight"), ("lift", "lift_weight"))
 
@@ -72,7 +73,11 @@ def default_config() -> ml_collections.ConfigDict:
   # or "accumulate" (the previous target: the target is hidden state that can lead the
   # TCP by many centimetres). BENCHMARKS.md compares the two for PPO.
   c.target_mode = "tcp"
-  c.action_scale_grip = 1.0  # gripper-command change per unit action
+  c.action_scale_grip = 1.0  # gripper-command change per unit action ("delta" mode)
+  # How a[3] sets the gripper command: "delta" (TASK.md: the command changes by
+  # action_scale_grip * a[3] and is held between steps) or "absolute" (the command is
+  # (a[3] + 1) / 2 each step: -1 open, +1 closed, nothing held between steps).
+  c.gripper_mode = "delta"
   c.workspace_low = (0.2, -0.3, 0.0)  # target clip box, lower corner (m)
   c.workspace_high = (0.6, 0.3, 0.5)  # target clip box, upper corner (m)
   c.cube_xy_low = (0.25, -0.25)  # cube reset xy range, lower corner
@@ -111,6 +116,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def grip_command(cfg, grip, a3):
+  """The gripper command (0 open .. 1 closed) after gripper action ``a3`` (in [-1, 1]) from
+  the previous command ``grip`` (see ``gripper_mode``); works on jax and numpy values."""
+  if cfg.gripper_mode == "absolute":
+    return 0.5 * (a3 + 1.0)
+  return (jnp if isinstance(a3, jax.Array) else np).clip(
+      grip + cfg.action_scale_grip * a3, 0.0, 1.0)
+
+
 def _config(overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
   cfg = default_config()
   unknown = sorted(set(overrides) - set(cfg.keys()))
@@ -124,6 +138,9 @@ def _config(overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
   if cfg.target_mode not in TARGET_MODES:
     raise ValueError(f"PandaPickCube: target_mode must be one of {TARGET_MODES}, "
                      f"got {cfg.target_mode!r}")
+  if cfg.gripper_mode not in GRIPPER_MODES:
+    raise ValueError(f"PandaPickCube: gripper_mode must be one of {GRIPPER_MODES}, "
+                     f"got {cfg.gripper_mode!r}")
   if cfg.controller_rate not in CONTROLLER_RATES:
     raise ValueError(f"PandaPickCube: controller_rate must be one of {CONTROLLER_RATES}, "
                      f"got {cfg.controller_rate!r}")
@@ -296,7 +313,7 @@ class PandaPickCube(PandaBase):
     origin = (state.data.site_xpos[self._tcp] if cfg.target_mode == "tcp"
               else state.info["target"])
     target = jnp.clip(origin + cfg.action_scale_xyz * action[:3], self._ws_low, self._ws_high)
-    grip = jnp.clip(state.info["grip_cmd"] + cfg.action_scale_grip * action[3], 0.0, 1.0)
+    grip = grip_command(cfg, state.info["grip_cmd"], action[3])
     finger = cfg.max_finger_opening * (1.0 - grip)
     return target, grip, finger
 

@@ -236,7 +236,7 @@ class PandaPickCubeC:
     origin = self.data.site_xpos[self._tcp] if cfg.target_mode == "tcp" else self.target
     self.target = np.clip(origin + cfg.action_scale_xyz * action[:3], self._ws_low,
                           self._ws_high)
-    self.grip_cmd = float(np.clip(self.grip_cmd + cfg.action_scale_grip * action[3], 0, 1))
+    self.grip_cmd = float(pick_cube.grip_command(cfg, self.grip_cmd, action[3]))
     finger = cfg.max_finger_opening * (1.0 - self.grip_cmd)
     bad = self._simulate(self.target, finger)
     cube = self._cube()
