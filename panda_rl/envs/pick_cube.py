@@ -49,8 +49,8 @@ from panda_rl.envs import curriculum
 from panda_rl.envs.base import REWARD_TERMS_PREFIX, EnvState, scaled_reward_sum
 from panda_rl.envs.panda import ASSET, HOME_QPOS, TORQUE_LIMITS, PandaBase
 
-__all__ = ["ASSET", "GRIPPER_MODES", "HOME_QPOS", "OBS_LAYOUT", "REWARD_TERMS", "REWARD_TYPES", "TARGET_MODES",
-           "TORQUE_LIMITS", "PandaPickCube", "default_config"]
+__all__ = ["ASSET", "GRIPPER_MODES", "HOME_QPOS", "OBS_LAYOUT", "REWARD_TERMS", "REWARD_TYPES",
+           "TARGET_MODES", "TORQUE_LIMITS", "PandaPickCube", "default_config", "grip_command"]
 
 OBS_LAYOUT = (("tcp_pos", 3), ("tcp_vel", 3), ("gripper_pos", 1), ("cube_pos", 3))
 REWARD_TYPES = ("dense", "relative", "sparse")
