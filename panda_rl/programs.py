@@ -202,10 +202,12 @@ class StagedPrograms:
     k, blk, env = pl.pipeline_stages, pl.stage_block, fns.env
     num_envs, num_steps, action_size = pl.num_envs, fns.num_steps, env.action_size
 
-    def act(params, normalizer, obs, k_rollout, t, stage):
-      noise = rollout_lib.noise_at(k_rollout, t, num_steps, num_envs, action_size,
-                                   fns.noise_correlation)
-      noise = rollout_lib.split_stages(noise, k, block=blk)[stage]
+    def noises(k_rollout):  # [T, B, A], once per rollout (the fused scan's noise exactly)
+      return rollout_lib.rollout_noise(k_rollout, num_steps, num_envs, action_size,
+                                       fns.noise_correlation)
+
+    def act(params, normalizer, obs, noise, t, stage):
+      noise = rollout_lib.split_stages(noise[t], k, block=blk)[stage]
       return fns.act(params, normalizer, obs, noise)
 
     def bootstrap(params, normalizer, final_obs):
@@ -222,6 +224,7 @@ class StagedPrograms:
       return jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
 
     roll_b, env_b, rep_r = self.roll_batch, self.env_batch, self.rep_r
+    self._noises = jax.jit(noises, in_shardings=rep_r, out_shardings=rep_r)
     self._act = jax.jit(act, static_argnums=5, in_shardings=(rep_r, rep_r, roll_b, rep_r, rep_r),
                         out_shardings=roll_b)
     self._bootstrap = jax.jit(bootstrap, in_shardings=(rep_r, rep_r, roll_b),
@@ -296,11 +299,12 @@ class StagedPrograms:
     k = self.placement.pipeline_stages
     states = list(self._split_env(env_state))
     obs = [self.move(s.obs, self.roll_batch) for s in states]
+    noise = self._noises(k_rollout)
     env_records, roll_records = [], []
     for t in range(self.fns.num_steps):
       env_t, roll_t = [], []
       for s in range(k):
-        action, log_prob, value = self._act(params, normalizer, obs[s], k_rollout, t, s)
+        action, log_prob, value = self._act(params, normalizer, obs[s], noise, t, s)
         states[s], record, to_rollout = self._env_step(states[s],
                                                        self.move(action, self.env_batch))
         obs[s], final_obs = self.move(to_rollout, self.roll_batch)

@@ -132,14 +132,6 @@ def rollout_noise(key: Array, num_steps: int, num_envs: int, action_size: int,
   return jnp.concatenate([white[:1], rest])
 
 
-def noise_at(key: Array, t: int, num_steps: int, num_envs: int, action_size: int,
-             correlation: float = 0.0) -> Array:
-  """[B, A] the noise of step ``t`` of :func:`rollout_noise` (for step-by-step rollouts)."""
-  if correlation == 0.0:
-    return step_noise(jax.random.split(key, num_steps)[t], num_envs, action_size)
-  return rollout_noise(key, num_steps, num_envs, action_size, correlation)[t]
-
-
 def env_record(env: Env, state: EnvState, nxt: EnvState) -> Dict[str, Any]:
   """The env's part of a :class:`Transition` for the step ``state -> nxt``."""
   return dict(obs=state.obs, reward=nxt.reward, done=nxt.done, terminated=nxt.terminated,

@@ -42,6 +42,9 @@ PLACEMENTS = {
     "disaggregated": ("env:0-3;rollout:4-7;actor:8-15", 1),
     "hybrid_pipelined": ("env:0-7;rollout:8-15;actor:0-15", 2),
 }
+# Correlated exploration noise (rollout.noise_correlation) through the step-by-step rollout
+# of a pipelined hybrid placement, against the fused scan on one device.
+CORRELATED = ("hybrid_pipelined_correlated", "env:0-7;rollout:8-15;actor:0-15", 2, 0.9)
 
 TINY = {
     "env.train.env_id": "PointReach-v0",
@@ -198,9 +201,12 @@ def _train(config, iterations):
 def _child_equivalence(out_dir: str) -> None:
   """Trains 2 iterations under every placement; writes params and metrics per placement."""
   assert jax.device_count() == 16, jax.devices()
-  for name, (spec, stages) in PLACEMENTS.items():
+  runs = {name: (spec, stages, 0.0) for name, (spec, stages) in PLACEMENTS.items()}
+  runs[CORRELATED[0]] = CORRELATED[1:]
+  for name, (spec, stages, rho) in runs.items():
     config = tiny_config(**{"cluster.component_placement": spec,
-                            "rollout.pipeline_stage_num": stages})
+                            "rollout.pipeline_stage_num": stages,
+                            "rollout.noise_correlation": rho})
     trainer, state, history = _train(config, 2)
     env_devices = {d.id for d in state.env_state.obs.sharding.device_set}
     assert env_devices == {trainer.placement.devices[i].id
@@ -247,12 +253,11 @@ def equivalence(sub_env, tmp_path_factory):
   return out
 
 
-def test_same_results_for_every_placement(equivalence):
-  tmp_path = equivalence
+def _assert_same_as_one_device(tmp_path, names, **overrides):
   # The reference: this process's default single-device trainer, the unsharded program.
-  _, state, ref_history = _train(tiny_config(), 2)
+  _, state, ref_history = _train(tiny_config(**overrides), 2)
   ref = _flat_params(state)
-  for name in PLACEMENTS:
+  for name in names:
     params = dict(np.load(tmp_path / f"{name}.npz"))
     history = json.loads((tmp_path / f"{name}.json").read_text())
     assert params.keys() == ref.keys()
@@ -265,6 +270,17 @@ def test_same_results_for_every_placement(equivalence):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5,
                                    err_msg=f"{name}: iteration {it + 1} {k}")
   assert ref_history[1][M.NUM_EPISODES] == 32  # the runs did something
+
+
+def test_same_results_for_every_placement(equivalence):
+  _assert_same_as_one_device(equivalence, PLACEMENTS)
+
+
+def test_correlated_noise_same_in_stepped_and_fused_rollouts(equivalence):
+  """The stepped rollout draws a rollout's AR(1) noise once and acts on step t's slice of
+  it, per pipeline stage: the same noise as the fused scan."""
+  name, _, _, rho = CORRELATED
+  _assert_same_as_one_device(equivalence, [name], **{"rollout.noise_correlation": rho})
 
 
 def _child_multihost(workdir: str, process_id: int, port: int, epochs: int,
