@@ -5,6 +5,7 @@ runner). Every field can be overridden: ``--config.algorithm.gamma=0.98``.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -53,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.actor.model.value_hidden = (256, 256)  # value MLP hidden sizes
   c.actor.model.activation = "swish"  # hidden activation: relu | tanh | swish | elu
   c.actor.model.init_log_std = -0.5  # initial log standard deviation of the Gaussian
+  # Upper bound on that log std (None = unbounded); actions are clipped to [-1, 1], so noise
+  # beyond a std of ~1 changes nothing the env sees while the entropy bonus still pays for it.
+  c.actor.model.max_log_std = config_dict.placeholder(float)
   c.actor.optim = ml_collections.ConfigDict()
   c.actor.optim.lr = 1e-3  # peak learning rate (Adam)
   c.actor.optim.lr_schedule = "constant"  # constant | linear | cosine (decay over the run)

@@ -240,6 +240,10 @@ class GaussianPolicy(nn.Module):
   hidden: Sequence[int] = (256, 256)
   activation: str = "swish"
   init_log_std: float = -0.5
+  # Upper bound on log_std (None: unbounded). Actions are clipped to [-1, 1], so beyond a std
+  # of about 1 more noise no longer changes what the env receives (a[i] is then +-1 at
+  # random) while the entropy bonus keeps paying for it, and the mean stops mattering.
+  max_log_std: Optional[float] = None
   encoder: Optional[nn.Module] = None  # None -> FlatEncoder
 
   @nn.compact
@@ -254,6 +258,8 @@ class GaussianPolicy(nn.Module):
                     name="mean")(x)
     log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
                          (self.action_size,))
+    if self.max_log_std is not None:
+      log_std = jnp.minimum(log_std, self.max_log_std)
     log_std = jnp.broadcast_to(log_std, mean.shape)
     if return_features:
       return mean, log_std, features
@@ -348,11 +354,15 @@ def forward(apply_fns: Any, params: Params, obs: Any) -> Tuple[Array, Array, Arr
   return mean, log_std, apply_fns.value_apply(params["value"], obs)
 
 
+def _optional_float(value: Any) -> Optional[float]:
+  return None if value is None else float(value)
+
+
 def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                   policy_encoder: Optional[nn.Module] = None,
                   value_encoder: Optional[nn.Module] = None) -> ActorCritic:
   """Builds the agent from ``config.actor.model`` (policy_hidden, value_hidden, activation,
-  init_log_std; optional ``encoder`` = "flat" | "cnn" with the cnn_* / embed_dim fields, see
+  init_log_std, optional max_log_std; optional ``encoder`` = "flat" | "cnn" with the cnn_* / embed_dim fields, see
   :func:`make_encoder`; optional ``shared_encoder``). Explicit encoders override the config's.
   By default the policy and the value net each get their own encoder (no shared parameters);
   with ``shared_encoder`` (or ``model_config.shared_encoder``) the value net is a head on the
@@ -371,6 +381,7 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                           hidden=tuple(int(h) for h in model_config.policy_hidden),
                           activation=model_config.activation,
                           init_log_std=float(model_config.init_log_std),
+                          max_log_std=_optional_float(model_config.get("max_log_std")),
                           encoder=policy_encoder)
   value = None
   if with_value:

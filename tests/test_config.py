@@ -187,3 +187,21 @@ def test_gpu_config_is_the_cpu_recipe_with_a_gpu_sized_batch():
   setup = validation.check(gpu)
   assert setup.env.action_size == 4 and setup.placement.single_device
   assert run_dir(gpu) == Path("runs/panda_rl/mujoco_ppo_mlp_gpu")
+
+
+def test_plain_reset_config_has_no_curriculum_and_evaluates_what_it_trains():
+  """configs/mujoco_ppo_mlp_plain.py: no training-only (curriculum) key is set at all, only
+  the slower gripper, which the evaluation env keeps (it is part of the action interface)."""
+  from panda_rl.envs import pick_cube
+  from panda_rl.evaluate import eval_env_settings
+
+  plain, default = load_config(str(CONFIG_DIR / "mujoco_ppo_mlp_plain.py")), load_config(CONFIG)
+  overrides = dict(plain.env.train.overrides)
+  assert overrides == {"action_scale_grip": 0.25}
+  assert not set(overrides) & set(pick_cube.PandaPickCube.TRAIN_ONLY_KEYS)
+  assert eval_env_settings(plain) == ("PandaPickCube-v0", overrides)
+  changed = {line.split(":")[0] for line in config_diff(default, plain)}
+  assert changed == {"env.train.overrides.reset_pregrasp_prob",
+                     "env.train.overrides.action_scale_grip", "runner.max_epochs",
+                     "runner.logger.experiment_name"}, changed
+  assert run_dir(plain) == Path("runs/panda_rl/mujoco_ppo_mlp_plain")

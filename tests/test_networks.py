@@ -30,6 +30,28 @@ def test_shapes_and_initial_distribution():
   assert jax.eval_shape(nets.value_apply, params["value"], obs).shape == (3, 5)
 
 
+def test_max_log_std_bounds_the_std_and_stops_the_entropy_gradient():
+  """actor.model.max_log_std: log_std = min(parameter, bound), so past the bound the entropy
+  bonus has no gradient left to push the parameter further; None leaves it unbounded."""
+  obs = jnp.zeros((2, 10))
+  free = networks.make_networks(model_config(), action_size=3)
+  capped = networks.make_networks(model_config(max_log_std=0.0), action_size=3)
+  policy = dict(free.init(jax.random.PRNGKey(0), obs[0])["policy"])
+  policy["log_std"] = jnp.array([-1.0, -0.2, 0.7])
+  _, log_std = free.policy_apply(policy, obs)
+  np.testing.assert_allclose(log_std[0], [-1.0, -0.2, 0.7])
+  _, log_std = capped.policy_apply(policy, obs)
+  np.testing.assert_allclose(log_std[0], [-1.0, -0.2, 0.0])
+
+  def entropy(p, nets):
+    return jnp.mean(networks.gaussian_entropy(nets.policy_apply(p, obs)[1]))
+
+  grad = jax.grad(entropy)(policy, capped)["log_std"]
+  np.testing.assert_allclose(grad, [1.0, 1.0, 0.0])  # d entropy / d log_std_i = 1 below the cap
+  grad = jax.grad(entropy)(policy, free)["log_std"]
+  np.testing.assert_allclose(grad, [1.0, 1.0, 1.0])
+
+
 def test_no_value_net_when_not_needed():
   nets = networks.make_networks(model_config(), action_size=2, with_value=False)
   params = jax.eval_shape(nets.init, jax.random.PRNGKey(0), jnp.zeros(3))
