@@ -3,6 +3,7 @@
 from panda_rl import _xla
 
 _xla.configure()  # must run before anything creates a JAX backend
+_xla.configure_cpu_devices()  # one XLA:CPU device per core (see panda_rl/_xla.py)
 _xla.patch_mjx()  # fast MJX body-tree kinematics on CPU (see panda_rl/_xla.py)
 
 from panda_rl import compile_cache  # noqa: E402

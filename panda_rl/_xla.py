@@ -12,6 +12,11 @@ does not know. So this module (imported first by ``panda_rl/__init__``) adds the
 only when (a) no JAX backend exists yet, (b) the installed jaxlib is a version we measured
 to know them, and (c) the user has not opted out with ``PANDA_RL_XLA_FLAGS=0``. It reports
 once, through ``logging``, what it did or why it could not.
+
+It also splits the host CPU into one XLA device per core (:func:`configure_cpu_devices`):
+XLA:CPU runs one device's program on about 1.5 of 2 cores, and the library's default
+placement (``env,rollout,actor:all``) shards the env batch over every device, so two CPU
+devices step the pick-cube env ~1.5x as fast on a 2-core machine (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ FAST_CPU_FLAGS = (
 _KNOWN_MINOR = {(0, 7), (0, 8), (0, 9), (0, 10)}
 
 STATUS: str = "not configured"
+
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+CPU_DEVICES_VAR = "PANDA_RL_CPU_DEVICES"
+MAX_AUTO_CPU_DEVICES = 8  # measured on 2 cores only; more devices are the user's choice
+CPU_DEVICES: str = "not configured"
 
 
 def _jaxlib_version() -> tuple[int, int] | None:
@@ -81,6 +91,71 @@ def configure() -> str:
   level = logging.WARNING if "NOT" in STATUS or "could NOT" in STATUS else logging.INFO
   _log.log(level, "panda_rl: %s", STATUS)
   return STATUS
+
+
+def available_cores() -> int:
+  """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # pragma: no cover - macOS / Windows
+    return os.cpu_count() or 1
+
+
+def auto_cpu_devices(cores: int) -> int:
+  """CPU devices for ``cores`` cores: the largest power of two <= cores, at most
+  :data:`MAX_AUTO_CPU_DEVICES` (powers of two divide the configs' batch sizes)."""
+  n = 1
+  while n * 2 <= min(cores, MAX_AUTO_CPU_DEVICES):
+    n *= 2
+  return n
+
+
+def requested_cpu_devices(value: str | None, cores: int) -> int:
+  """The CPU device count ``PANDA_RL_CPU_DEVICES=value`` asks for: unset, empty or ``auto``:
+  :func:`auto_cpu_devices`; a positive integer: that many.
+
+  Raises:
+    ValueError: anything else, naming the variable and what it accepts.
+  """
+  value = (value or "").strip().lower()
+  if value in ("", "auto"):
+    return auto_cpu_devices(cores)
+  if value.isdigit() and int(value) >= 1:
+    return int(value)
+  raise ValueError(f"{CPU_DEVICES_VAR}={value!r}: expected 'auto' or a positive integer "
+                   "(the number of XLA CPU devices; 1 = one device, as JAX's default)")
+
+
+def configure_cpu_devices() -> str:
+  """Gives XLA:CPU one device per core (``--xla_force_host_platform_device_count``) unless
+  the user chose a count (in ``XLA_FLAGS`` or ``PANDA_RL_CPU_DEVICES``) or a backend has
+  started; returns what happened (also in :data:`CPU_DEVICES`, reported through logging).
+
+  Only the CPU platform is split: on a GPU/TPU host ``jax.devices()`` is still the
+  accelerators. ``PANDA_RL_CPU_DEVICES=1`` keeps JAX's single CPU device.
+  """
+  global CPU_DEVICES
+  current = os.environ.get("XLA_FLAGS", "")
+  cores = available_cores()
+  if DEVICE_COUNT_FLAG in current:
+    CPU_DEVICES = f"CPU device count set by the user's XLA_FLAGS ({DEVICE_COUNT_FLAG})"
+  else:
+    count = requested_cpu_devices(os.environ.get(CPU_DEVICES_VAR), cores)
+    how = (f"{CPU_DEVICES_VAR}={os.environ[CPU_DEVICES_VAR].strip()}"
+           if os.environ.get(CPU_DEVICES_VAR, "").strip().lower() not in ("", "auto")
+           else f"one per core, {cores} core(s)")
+    if count == 1:
+      CPU_DEVICES = f"1 CPU device ({how})"
+    elif _backend_started():
+      CPU_DEVICES = (f"a JAX backend was started before `import panda_rl`: the CPU could NOT "
+                     f"be split into {count} devices (export XLA_FLAGS={DEVICE_COUNT_FLAG}="
+                     f"{count})")
+    else:
+      os.environ["XLA_FLAGS"] = f"{current} {DEVICE_COUNT_FLAG}={count}".strip()
+      CPU_DEVICES = f"{count} CPU devices ({how})"
+  level = logging.WARNING if "NOT" in CPU_DEVICES else logging.INFO
+  _log.log(level, "panda_rl: %s", CPU_DEVICES)
+  return CPU_DEVICES
 
 
 def patch_mjx() -> str:

@@ -67,12 +67,15 @@ def _body(env: Env, policy: Callable[[Any], Array]):
 
 def run_episodes(env: Env, policy: Callable[[Any], Array], key: Array, num_envs: int, *,
                  record: Optional[Callable[[EnvState], Any]] = None,
-                 num_steps: Optional[int] = None
+                 num_steps: Optional[int] = None,
+                 constrain: Optional[Callable[[Any], Any]] = None
                  ) -> Tuple[Episodes, EnvState, Any]:
   """One episode of ``policy`` (obs [N, ...] -> action [N, A]) on each of ``num_envs`` envs.
 
   Pure and jittable. Args: ``env`` an unbatched env (wrappers are removed), ``record`` an
-  optional ``EnvState [N] -> pytree`` recorded after each of ``num_steps`` steps.
+  optional ``EnvState [N] -> pytree`` recorded after each of ``num_steps`` steps,
+  ``constrain`` an optional placement of the [N] initial env state (e.g.
+  :meth:`panda_rl.placement.Placement.batch_constraint`: the envs split over devices).
 
   Returns:
     (:class:`Episodes`, the initial [N] env state, the records stacked [num_steps, ...] or
@@ -80,6 +83,8 @@ def run_episodes(env: Env, policy: Callable[[Any], Array], key: Array, num_envs:
   """
   env = single_env(env)
   initial = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+  if constrain is not None:
+    initial = constrain(initial)
   zeros = jnp.zeros((num_envs,), jnp.float32)
   carry = (initial, jnp.ones((num_envs,), bool), zeros, zeros, zeros)
   body = _body(env, policy)

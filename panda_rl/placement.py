@@ -223,6 +223,12 @@ class Placement:
     return len(self.devices) == 1
 
   @property
+  def single_process(self) -> bool:
+    """Every device of the run belongs to this one process (no ``jax.distributed``): its
+    programs may be kept traced across runs (:mod:`panda_rl.program_cache`)."""
+    return jax.process_count() == 1
+
+  @property
   def collocated(self) -> bool:
     """env, rollout and actor on the same devices: one program per iteration."""
     return self.groups["env"] == self.groups["rollout"] == self.groups["actor"]
@@ -264,9 +270,24 @@ class Placement:
     rep = self.replicated("actor")
     batch, env_rep = self.batch_sharding(env_component), self.replicated(env_component)
     tree = jax.tree.map(lambda _: rep, abstract_state)
-    env = jax.tree.map(lambda x: batch if x.ndim and x.shape[0] == self.num_envs else env_rep,
-                       abstract_state.env_state)
+    # Empty leaves (MJX's [B, 0] fields of a model without, e.g., equality constraints)
+    # come back replicated from XLA whatever they are given: they are placed so.
+    env = jax.tree.map(lambda x: batch if x.ndim and x.shape[0] == self.num_envs and x.size
+                       else env_rep, abstract_state.env_state)
     return tree.replace(env_state=env)
+
+  def batch_constraint(self, component: str, batch: int) -> Optional[Callable[[Any], Any]]:
+    """For a batch of ``batch`` envs built inside a program (e.g. the evaluation's): a
+    function that splits every leaf with leading dimension ``batch`` over the component's
+    devices and replicates the rest; None on one device, or when ``batch`` does not divide
+    over the devices (the program then runs that batch unsplit)."""
+    n = self.size(component)
+    if n == 1 or batch % n:
+      return None
+    split, rep = self.batch_sharding(component), self.replicated(component)
+    return lambda tree: jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(
+            x, split if x.ndim and x.shape[0] == batch else rep), tree)
 
   @property
   def minibatch_constraint(self) -> Optional[Callable[[Any], Any]]:

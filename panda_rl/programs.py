@@ -123,6 +123,18 @@ class SingleProgram:
       self.state_shardings = _with_seed_axis(self.state_shardings)
     metrics = placement.replicated("actor")
     self._init = jax.jit(init, out_shardings=self.state_shardings)
+    if fns.settings is not None and placement.single_process:
+      # Kept traced like the one-device program. The exported program takes its input
+      # shardings from the (abstract or concrete) state it is built for; its outputs are
+      # pinned here, so every iteration's state comes back placed as the next one expects.
+      out_shardings = (self.state_shardings, metrics)
+
+      def placed_iteration(state):
+        return jax.lax.with_sharding_constraint(iteration(state), out_shardings)
+
+      self._iteration = program_cache.jit(placed_iteration, "iteration", fns.settings,
+                                          donate_argnums=(0,))
+      return
     self._iteration = jax.jit(iteration, in_shardings=(self.state_shardings,),
                               out_shardings=(self.state_shardings, metrics), donate_argnums=0)
 

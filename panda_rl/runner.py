@@ -229,16 +229,20 @@ class _Run:
       self.workdir.mkdir(parents=True, exist_ok=True)
       (self.workdir / "config.json").write_text(
           json.dumps(config_to_dict(self.config), indent=2))
-    if not self.trainer.placement.single_device:
-      self.say(self.trainer.placement.describe())
-      self.say(self.trainer.placement.table())
+    placement = self.trainer.placement
+    if not placement.single_device:
+      self.say(placement.describe())
+      if not (placement.collocated and placement.single_process):
+        self.say(placement.table())
     return state, start
 
   def _compile_ahead(self) -> Optional["_InBackground"]:
-    """A fresh one-device run compiles its iteration for the abstract initial state in a
-    thread, while the initial state is built (its own program compiles meanwhile): XLA
-    compiles on one core each, and tracing overlaps compiling."""
-    if not self.trainer.placement.single_device or self.ckpt.all_steps():
+    """A fresh collocated run on one process (one device, or one CPU device per core)
+    compiles its iteration for the abstract initial state in a thread, while the initial
+    state is built (its own program compiles meanwhile): XLA compiles on one core each, and
+    tracing overlaps compiling."""
+    placement = self.trainer.placement
+    if not (placement.collocated and placement.single_process) or self.ckpt.all_steps():
       return None
     abstract = self.trainer.abstract_state(self._key())
     return _InBackground(lambda: self.trainer.compile_iteration(abstract))

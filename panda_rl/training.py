@@ -114,7 +114,11 @@ class Trainer:
     # seeds vmapped in it). The state is donated: its buffers are reused for the new state.
     self.programs = programs_lib.build(self.fns(), self.placement, num_seeds=self.num_seeds)
     evaluate = self._evaluate_impl if self.num_seeds == 1 else jax.vmap(self._evaluate_impl)
-    if self.placement.single_device:  # traced once per machine and config
+    # Collocated, the evaluation's envs are split over the devices as the training envs
+    # are (elsewhere it runs where the parameters are, unsplit, as before).
+    self._eval_constraint = (self.placement.batch_constraint("env", self.eval_env.num_envs)
+                             if self.placement.collocated else None)
+    if self.placement.single_process:  # traced once per machine and config
       self._evaluate = program_cache.jit(evaluate, "train_evaluation",
                                          program_settings(config))
     else:
@@ -317,7 +321,8 @@ class Trainer:
   def _evaluate_impl(self, params: Any, normalizer: Any, key: Array) -> Dict[str, Array]:
     policy = self.policy_fn(params, normalizer, deterministic=True)
     episodes, _, _ = evaluation.run_episodes(self.eval_env, policy, key,
-                                             self.eval_env.num_envs)
+                                             self.eval_env.num_envs,
+                                             constrain=self._eval_constraint)
     return evaluation.summary(episodes)
 
 

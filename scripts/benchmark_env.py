@@ -3,6 +3,7 @@
     python scripts/benchmark_env.py                       # state env, default batches
     python scripts/benchmark_env.py --batch 512 2048 --steps 50 --json out.json
     python scripts/benchmark_env.py --no-fast-flags       # without panda_rl's CPU fast path
+    python scripts/benchmark_env.py --cpu-devices 1       # on one XLA CPU device
     python scripts/benchmark_env.py --env PandaPickCubeVision-v0 --image-size 64 128 \\
         --batch 64 256 1024                               # vision env: physics + rendering
 
@@ -22,6 +23,10 @@ barrier in MJX's quaternion product. ``--no-fast-flags`` turns off BOTH (the reg
 check: run once with and once without it); ``--no-xla-flags`` and ``--no-mjx-barrier`` turn
 off one each, to see which part a change affects. The JSON records what was in effect
 (``xla_status``, ``mjx_patch``, ``xla_flags``).
+
+The batch is split over every JAX device, as training splits it with the default placement:
+on a CPU that is one XLA device per core (``panda_rl/_xla.py``; ``--cpu-devices 1`` measures
+the single device JAX gives by default). The JSON records ``devices`` and ``cpu_devices``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def _parse():
                  help="turn off only the XLA:CPU flags (PANDA_RL_XLA_FLAGS=0)")
   p.add_argument("--no-mjx-barrier", action="store_true",
                  help="turn off only the MJX quaternion barrier (PANDA_RL_MJX_BARRIER=0)")
+  p.add_argument("--cpu-devices", default=None,
+                 help="XLA CPU devices to split the batch over (PANDA_RL_CPU_DEVICES: 'auto'\n"
+                      "= one per core, the library's default; 1 = one device)")
   p.add_argument("--override", nargs="*", default=[], help="env overrides key=value")
   p.add_argument("--json", default="benchmark_env.json")
   return p.parse_args()
@@ -81,8 +89,27 @@ def fast_path_off(flags: bool, barrier: bool) -> None:
     os.environ["PANDA_RL_MJX_BARRIER"] = "0"
 
 
+def _placer(batch):
+  """Places a batched env state as training does with the default placement: the batch
+  split over every device (when it divides), everything else replicated; the jitted steps
+  then run on all devices."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  devices = jax.devices()
+  if len(devices) == 1 or batch % len(devices):
+    return lambda tree: tree
+  mesh = jax.make_mesh((len(devices),), ("batch",), devices=devices)
+  split, rep = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+  return lambda tree: jax.tree.map(
+      lambda x: jax.device_put(x, split if x.ndim and x.shape[0] == batch and x.size else rep),
+      tree)
+
+
 def main():
   args = _parse()
+  if args.cpu_devices is not None:
+    os.environ["PANDA_RL_CPU_DEVICES"] = str(args.cpu_devices)
   fast_path_off(flags=args.no_fast_flags or args.no_xla_flags,
                 barrier=args.no_fast_flags or args.no_mjx_barrier)
   import panda_rl  # sets XLA flags before the backend starts, patches MJX
@@ -112,6 +139,7 @@ def main():
       return state, key, rew.mean()
 
     fn = jax.jit(rollout, donate_argnums=0)
+    place = _placer(batch)
     result = {}
 
     def work():
@@ -121,7 +149,7 @@ def main():
         result["error"] = f"{type(e).__name__}: {str(e)[:300]}"
 
     def timed():
-      state = env.reset(jax.random.PRNGKey(0))
+      state = place(env.reset(jax.random.PRNGKey(0)))
       key = jax.random.PRNGKey(1)
       t0 = time.perf_counter()
       state, key, r = fn(state, key)
@@ -174,6 +202,7 @@ def main():
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+      "devices": jax.device_count(), "cpu_devices": _xla.CPU_DEVICES,
       "machine": platform.platform(), "python": sys.version.split()[0],
       "date": time.strftime("%Y-%m-%d"), "results": [],
   }

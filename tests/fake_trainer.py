@@ -9,7 +9,8 @@ class RunLoopTrainer:
   """Mixin: a one-device placement, an iteration compiled on first use, restore targets and
   checkpoint metadata, on top of a fake's ``init`` and ``train_iteration``."""
 
-  placement = types.SimpleNamespace(single_device=True, describe=lambda: "one device")
+  placement = types.SimpleNamespace(single_device=True, collocated=True, single_process=True,
+                                    describe=lambda: "one device")
 
   def initial_key(self, seed):
     return jax.random.PRNGKey(seed)  # one seed (runner.num_seeds = 1)

@@ -128,8 +128,11 @@ def test_a_signal_checkpoints_the_current_iteration_and_resume_is_exact(cli_env,
   args = [sys.executable, "-m", "panda_rl.train", f"--config={CONFIG}", *TINY,
           f"--config.runner.logger.log_path={stopped}", "--config.runner.max_epochs=100000",
           "--config.runner.save_interval=0", "--config.runner.val_check_interval=0"]
-  proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  # Files, not pipes: nothing reads a pipe while the test waits for the run to start.
+  out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
+  with open(out_log, "w") as out_sink, open(err_log, "w") as err_sink:
+    proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=out_sink, stderr=err_sink,
+                            text=True)
   run_dir = stopped.joinpath(*RUN)
   try:
     deadline = time.time() + 300
@@ -137,9 +140,10 @@ def test_a_signal_checkpoints_the_current_iteration_and_resume_is_exact(cli_env,
       time.sleep(0.2)
     time.sleep(3.0)  # mid-training: compiled, iterating
     proc.send_signal(getattr(signal, signame))
-    out, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
   finally:
     proc.kill()
+  out, err = out_log.read_text(), err_log.read_text()
   assert proc.returncode == 0, err[-3000:]
   match = re.search(rf"{signame}: stopped after iteration (\d+)/100000 with checkpoint step "
                     r"(\d+)", out)

@@ -4,6 +4,7 @@ and the one-comment-per-field rule of configs/*.py."""
 import re
 from pathlib import Path
 
+import jax
 import ml_collections
 import pytest
 
@@ -185,7 +186,8 @@ def test_gpu_config_is_the_cpu_recipe_with_a_gpu_sized_batch():
   assert samples % gpu.algorithm.num_minibatches == 0
   assert samples // gpu.algorithm.num_minibatches >= 8192  # a GPU-sized minibatch too
   setup = validation.check(gpu)
-  assert setup.env.action_size == 4 and setup.placement.single_device
+  assert setup.env.action_size == 4 and setup.placement.collocated
+  assert setup.placement.num_devices == jax.device_count()  # every device: the default
   assert run_dir(gpu) == Path("runs/panda_rl/mujoco_ppo_mlp_gpu")
 
 

@@ -65,8 +65,8 @@ def _wait_for_new_checkpoint(proc, ckdir: Path, after: int, timeout=300.0):
     if steps and steps[-1] > after:
       return steps
     if proc.poll() is not None:
-      out = proc.communicate()[0]
-      pytest.fail(f"training exited (rc={proc.returncode}) before a new checkpoint:\n{out}")
+      pytest.fail(f"training exited (rc={proc.returncode}) before a new checkpoint:\n"
+                  f"{proc.log.read_text()[-6000:]}")
     time.sleep(0.05)
   proc.kill()
   pytest.fail(f"no checkpoint after step {after} within {timeout}s")
@@ -88,8 +88,14 @@ def test_sigkill_at_random_moments_then_resume(cli_env, tmp_path):
   restored_from, kill_log = [], []
   resume = []
   for kill in range(KILLS):
-    proc = subprocess.Popen(_args(log_path, *resume), cwd=REPO, env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output goes to a file, not a pipe: nothing reads a pipe while the test waits, and a
+    # full one (64 KiB: XLA logs a few KB per program it reads from the cache on AVX-512
+    # machines) would block the run before its first checkpoint.
+    log = tmp_path / f"run_{kill}.log"
+    with open(log, "w") as sink:
+      proc = subprocess.Popen(_args(log_path, *resume), cwd=REPO, env=cli_env, stdout=sink,
+                              stderr=subprocess.STDOUT, text=True)
+    proc.log = log
     try:
       before = _complete(ckdir)
       start = before[-1] if before else 0
@@ -99,7 +105,8 @@ def test_sigkill_at_random_moments_then_resume(cli_env, tmp_path):
       assert proc.poll() is None, f"kill {kill}: training already finished; raise EPOCHS"
     finally:
       proc.kill()  # SIGKILL: no cleanup, no waiting for the background save
-    out = proc.communicate()[0]
+    proc.wait()
+    out = log.read_text()
     if kill > 0:  # each restart restored the newest complete checkpoint
       assert f"Resumed from checkpoint step {start}" in out, out[-3000:]
       restored_from.append(start)

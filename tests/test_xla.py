@@ -2,7 +2,8 @@
 ``XLA_FLAGS`` once, when the first backend starts): ``import panda_rl`` adds the XLA:CPU flags
 when no backend exists, warns when one does, honours ``PANDA_RL_XLA_FLAGS=0`` and
 ``PANDA_RL_MJX_BARRIER=0``, keeps the user's own ``XLA_FLAGS``, and the MJX quaternion barrier
-leaves ``mjx.step`` results unchanged.
+leaves ``mjx.step`` results unchanged; it splits the CPU into one device per core unless the
+user chose a count (``PANDA_RL_CPU_DEVICES``, or the flag in ``XLA_FLAGS``).
 """
 
 import json
@@ -13,11 +14,13 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ("--xla_cpu_use_fusion_emitters=false",
          "--xla_cpu_experimental_ynn_fusion_type=-reduce")
-OPT_OUTS = ("XLA_FLAGS", "PANDA_RL_XLA_FLAGS", "PANDA_RL_MJX_BARRIER")
+OPT_OUTS = ("XLA_FLAGS", "PANDA_RL_XLA_FLAGS", "PANDA_RL_MJX_BARRIER", "PANDA_RL_CPU_DEVICES")
+DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 # Collects the "panda_rl" logger's records; prints what the child saw as one JSON line.
 _PRELUDE = """
@@ -35,6 +38,7 @@ _REPORT = """
 from panda_rl import _xla
 import jax
 out.update(status=_xla.STATUS, patch=_xla.MJX_PATCH, xla_flags=os.environ.get("XLA_FLAGS"),
+           cpu_devices=_xla.CPU_DEVICES,
            records=records, devices=jax.device_count(),
            works=float(jax.jit(lambda x: x * 2.0)(1.5)))
 print("RESULT " + json.dumps(out))
@@ -42,9 +46,13 @@ print("RESULT " + json.dumps(out))
 
 
 def _child_env(cli_env, **env):
+  """The child's environment: none of the user's opt-outs, the CPU backend, and one CPU
+  device unless a test asks for the split (the fast-flag tests compare XLA_FLAGS exactly)."""
   e = {k: v for k, v in cli_env.items() if k not in OPT_OUTS}
   e["JAX_PLATFORMS"] = "cpu"
+  e["PANDA_RL_CPU_DEVICES"] = "1"
   e.update(env)
+  e = {k: v for k, v in e.items() if v is not None}
   return e
 
 
@@ -195,3 +203,60 @@ def test_benchmark_no_fast_flags_turns_off_flags_and_barrier(cli_env, tmp_path):
   assert result["mjx_patch"] == "quaternion barrier disabled by PANDA_RL_MJX_BARRIER=0"
   assert result["xla_flags"] == user
   assert result["results"][0]["env_steps_per_s"] > 0
+
+
+def test_auto_cpu_devices_is_a_power_of_two_per_core_and_bad_values_are_named():
+  from panda_rl import _xla
+
+  assert [_xla.auto_cpu_devices(c) for c in (1, 2, 3, 4, 6, 8, 16, 96)] == [
+      1, 2, 2, 4, 4, 8, 8, 8]
+  assert _xla.requested_cpu_devices(None, 2) == 2
+  assert _xla.requested_cpu_devices(" auto ", 6) == 4
+  assert _xla.requested_cpu_devices("3", 2) == 3  # the user's count, even above the cores
+  for bad in ("0", "-2", "two", "1.5"):
+    with pytest.raises(ValueError, match="PANDA_RL_CPU_DEVICES"):
+      _xla.requested_cpu_devices(bad, 2)
+
+
+def test_import_splits_the_cpu_into_one_device_per_core(cli_env):
+  from panda_rl import _xla
+
+  cores = _xla.available_cores()
+  want = _xla.auto_cpu_devices(cores)
+  out, _ = _run(cli_env, "import panda_rl\n", PANDA_RL_CPU_DEVICES=None)
+  assert out["devices"] == want
+  if want > 1:
+    assert out["xla_flags"].split() == [*FLAGS, f"{DEVICES_FLAG}={want}"]
+    assert out["cpu_devices"] == f"{want} CPU devices (one per core, {cores} core(s))"
+  assert ["INFO", "panda_rl: " + out["cpu_devices"]] in out["records"]
+  # A count asked for by name; 1 adds no flag at all (JAX's default).
+  out, _ = _run(cli_env, "import panda_rl\n", PANDA_RL_CPU_DEVICES="3")
+  assert out["devices"] == 3 and f"{DEVICES_FLAG}=3" in out["xla_flags"].split()
+  assert out["cpu_devices"] == "3 CPU devices (PANDA_RL_CPU_DEVICES=3)"
+  out, _ = _run(cli_env, "import panda_rl\n", PANDA_RL_CPU_DEVICES="1")
+  assert out["devices"] == 1 and DEVICES_FLAG not in out["xla_flags"]
+  # The user's own flag wins over both.
+  out, _ = _run(cli_env, "import panda_rl\n", PANDA_RL_CPU_DEVICES="4",
+                XLA_FLAGS=f"{DEVICES_FLAG}=5")
+  assert out["devices"] == 5 and out["xla_flags"].count(DEVICES_FLAG) == 1
+  assert out["cpu_devices"].startswith("CPU device count set by the user's XLA_FLAGS")
+
+
+def test_cpu_split_is_reported_when_a_backend_already_exists(cli_env):
+  body = """
+  import jax
+  jax.devices()
+  import panda_rl
+  """
+  out, _ = _run(cli_env, body, PANDA_RL_CPU_DEVICES="2")
+  assert out["devices"] == 1
+  assert "could NOT be split into 2 devices" in out["cpu_devices"]
+  assert ["WARNING", "panda_rl: " + out["cpu_devices"]] in out["records"]
+
+
+def test_a_bad_cpu_device_count_stops_the_import_with_its_name(cli_env):
+  proc = subprocess.run([sys.executable, "-c", "import panda_rl"], cwd=REPO,
+                        env=_child_env(cli_env, PANDA_RL_CPU_DEVICES="many"),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "PANDA_RL_CPU_DEVICES='many': expected 'auto' or a positive integer" in proc.stderr
