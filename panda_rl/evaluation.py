@@ -111,6 +111,26 @@ def summary(episodes: Episodes) -> Dict[str, Array]:
           M.EVAL_RETURN: jnp.mean(episodes.ret), M.EVAL_EPISODE_LEN: jnp.mean(episodes.length)}
 
 
+def local_split(num_envs: int) -> Tuple[Optional[Callable[[Any], Any]], Callable[[Any], Any]]:
+  """How an evaluation of ``num_envs`` envs uses this process's devices (e.g. one CPU device
+  per core), as training splits its envs: (the placement of the initial env state, split
+  over the devices, for :func:`run_episodes`; a function that puts the program's inputs on
+  those devices, replicated). On one device, in a multi-process run (whose evaluation runs
+  in the trainer) or when ``num_envs`` does not divide over the devices: (None, identity),
+  and the program runs on one device."""
+  from panda_rl.placement import Placement
+
+  devices = tuple(jax.local_devices())
+  if len(devices) == 1 or jax.process_count() > 1 or num_envs % len(devices):
+    return None, lambda tree: tree
+  everything = tuple(range(len(devices)))
+  placement = Placement(devices=devices, num_envs=num_envs,
+                        groups={c: everything for c in ("env", "rollout", "actor")})
+  replicated = placement.replicated("env")
+  return (placement.batch_constraint("env", num_envs),
+          lambda tree: jax.device_put(tree, replicated))
+
+
 def episodes_program(env: Env, policy: Callable[[Any], Array], num_envs: int,
                      settings: Any = None) -> Callable[[Array], Episodes]:
   """Jitted ``key -> Episodes`` of :func:`run_episodes`.
@@ -122,17 +142,20 @@ def episodes_program(env: Env, policy: Callable[[Any], Array], num_envs: int,
   built from) that program is also kept traced across processes
   (:mod:`panda_rl.program_cache`).
   """
+  constrain, put = local_split(num_envs)
   params = getattr(policy, "params", None)
   if params is None or not hasattr(policy, "apply") or not hasattr(policy, "normalizer"):
-    return jax.jit(lambda k: run_episodes(env, policy, k, num_envs)[0])
-  params = (params, policy.normalizer)
+    run_fn = jax.jit(lambda k: run_episodes(env, policy, k, num_envs, constrain=constrain)[0])
+    return lambda k: run_fn(put(k))
+  params = put((params, policy.normalizer))
 
   def episodes(p, k):
-    return run_episodes(env, lambda obs: policy.apply(*p, obs), k, num_envs)[0]
+    return run_episodes(env, lambda obs: policy.apply(*p, obs), k, num_envs,
+                        constrain=constrain)[0]
 
   run = (jax.jit(episodes) if settings is None else
          program_cache.jit(episodes, "episodes", {"settings": settings, "num_envs": num_envs}))
-  return lambda k: run(params, k)
+  return lambda k: run(params, put(k))
 
 
 def evaluate_policy(env: Env, policy: Callable[[Any], Array], num_episodes: int,

@@ -390,3 +390,51 @@ if __name__ == "__main__":
     _child_single(args[0], int(args[1]))
   else:
     raise SystemExit(f"unknown mode {mode!r}")
+
+
+_SPLIT_EVAL = """
+import json, os
+import panda_rl, jax, jax.numpy as jnp, numpy as np
+from panda_rl import evaluation
+env = panda_rl.make("PointReach-v0")
+
+class Policy:  # a fixed linear policy, given as load_policy's are (params, normalizer, apply)
+  params = {"w": jnp.asarray(np.linspace(-1.0, 1.0, env.observation_size * env.action_size)
+                             .reshape(env.observation_size, env.action_size), jnp.float32)}
+  normalizer = jnp.zeros(())
+  @staticmethod
+  def apply(params, normalizer, obs):
+    return jnp.tanh(obs @ params["w"])
+
+  def __call__(self, obs):
+    return self.apply(self.params, self.normalizer, obs)
+
+constrain, _ = evaluation.local_split(8)
+run = evaluation.episodes_program(env, Policy(), 8)
+out = run(jax.random.PRNGKey(3))
+print("RESULT " + json.dumps({
+    "devices": jax.device_count(), "split": constrain is not None,
+    "on_devices": len(out.ret.sharding.device_set),
+    "ret": np.asarray(out.ret).tolist(), "length": np.asarray(out.length).tolist()}))
+"""
+
+
+def _split_eval(cli_env, devices):
+  env = dict(cli_env, PANDA_RL_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", _SPLIT_EVAL], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def test_evaluate_splits_its_episodes_over_the_cpu_devices_with_the_same_results(cli_env):
+  """``evaluate``'s episodes (``episodes_program``) run on every local device, each playing
+  its share of the envs, and give the episodes of a one-device run."""
+  one, two = _split_eval(cli_env, 1), _split_eval(cli_env, 2)
+  assert (one["devices"], one["split"], one["on_devices"]) == (1, False, 1)
+  assert (two["devices"], two["split"], two["on_devices"]) == (2, True, 2)
+  assert len(set(one["ret"])) > 1  # episodes differ: a real comparison, env by env
+  np.testing.assert_allclose(two["ret"], one["ret"], rtol=1e-5, atol=1e-5)
+  assert two["length"] == one["length"]
