@@ -188,11 +188,15 @@ print(evaluate_checkpoint(sys.argv[1], episodes=4, step=int(sys.argv[2])))
 """
 
 
-def _counted(cache, body, *args):
+def _counted(cache, body, *args, devices=None):
   code = _COUNTED.format(body=textwrap.dedent(body))
   # Every program is written, however fast it compiles: the tiny config's compile in < 1 s.
   env = _child_env(**{compile_cache.ENV_VAR: str(cache),
                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+  if devices is not None:  # CPU devices (panda_rl/_xla.py), whatever this machine's cores
+    env["PANDA_RL_CPU_DEVICES"] = str(devices)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "device_count" not in f)
   proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -208,20 +212,24 @@ def _exported(cache):
   return sorted(p.name for p in (Path(cache) / program_cache.SUBDIR).glob("*.exported"))
 
 
-def test_a_second_run_reads_every_program_from_the_cache(tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_second_run_reads_every_program_from_the_cache(tmp_path, devices):
+  """On one CPU device, and on two (the default placement then shards the programs)."""
   cache = tmp_path / "cache"
-  first, proc = _counted(cache, _TRAIN, CONFIG, tmp_path / "a", *TINY)
+  first, proc = _counted(cache, _TRAIN, CONFIG, tmp_path / "a", *TINY, devices=devices)
   written = _entries(cache)
   assert len(written) >= 3  # init, iteration, evaluation (and small helpers)
   assert first.get("cache_misses", 0) == len(written) and not first.get("cache_hits")
   assert f"compilation cache {cache}" in proc.stdout  # the run says where the cache is
+  sharded = "placement: env,rollout,actor -> cpu 0-1 (collocated" in proc.stdout
+  assert sharded == (devices == 2), proc.stdout[-2000:]
 
   # The iteration and the evaluation were also kept traced (panda_rl/program_cache.py).
   exported = _exported(cache)
   assert [n.split("-")[0] for n in exported] == ["iteration", "train_evaluation"]
   assert first["traced"]["flat_fn"] == 2
 
-  second, _ = _counted(cache, _TRAIN, CONFIG, tmp_path / "b", *TINY)
+  second, _ = _counted(cache, _TRAIN, CONFIG, tmp_path / "b", *TINY, devices=devices)
   assert _entries(cache) == written  # nothing new compiled and written
   assert not second.get("cache_misses")
   assert second["cache_hits"] == len(written)
@@ -230,11 +238,11 @@ def test_a_second_run_reads_every_program_from_the_cache(tmp_path):
   # `evaluate` compiles one program per config, not per checkpoint: after step 2's, step 4's
   # evaluation finds everything in the cache.
   run_dir = tmp_path / "a" / Path(*RUN)
-  _counted(cache, _EVALUATE, run_dir, 2)
+  _counted(cache, _EVALUATE, run_dir, 2, devices=devices)
   with_eval = _entries(cache)
   assert len(with_eval) > len(written)
   assert len(_exported(cache)) == len(exported) + 1  # "episodes"
-  other, _ = _counted(cache, _EVALUATE, run_dir, 4)
+  other, _ = _counted(cache, _EVALUATE, run_dir, 4, devices=devices)
   assert _entries(cache) == with_eval
   assert not other.get("cache_misses") and other["cache_hits"] >= 1
   assert len(_exported(cache)) == len(exported) + 1 and "flat_fn" not in other["traced"]
