@@ -17,6 +17,7 @@ import jax
 import pytest
 
 from panda_rl import compile_cache, program_cache
+from processes import with_cpu_devices
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
@@ -193,10 +194,8 @@ def _counted(cache, body, *args, devices=None):
   # Every program is written, however fast it compiles: the tiny config's compile in < 1 s.
   env = _child_env(**{compile_cache.ENV_VAR: str(cache),
                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
-  if devices is not None:  # CPU devices (panda_rl/_xla.py), whatever this machine's cores
-    env["PANDA_RL_CPU_DEVICES"] = str(devices)
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                                if "device_count" not in f)
+  if devices is not None:
+    env = with_cpu_devices(env, devices)
   proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

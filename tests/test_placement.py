@@ -29,7 +29,7 @@ from panda_rl import metrics as M  # noqa: E402
 from panda_rl import placement as pl  # noqa: E402
 from panda_rl.checkpoint import Checkpointer  # noqa: E402
 from panda_rl.config import load_config  # noqa: E402
-from processes import finish, free_port  # noqa: E402
+from processes import finish, free_port, with_cpu_devices  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "mujoco_ppo_mlp.py")
@@ -420,8 +420,7 @@ print("RESULT " + json.dumps({
 
 
 def _split_eval(cli_env, devices):
-  env = dict(cli_env, PANDA_RL_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = with_cpu_devices(dict(cli_env, JAX_PLATFORMS="cpu"), devices)
   proc = subprocess.run([sys.executable, "-c", _SPLIT_EVAL], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
