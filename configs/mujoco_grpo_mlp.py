@@ -36,7 +36,7 @@ def get_config():
   c.algorithm.num_minibatches = 8
   # 1.6x PPO's env steps per iteration: 100 iterations = 5.12M env steps.
   c.runner.max_epochs = 100
-  c.runner.val_check_interval = 5  # evaluate every 256k env steps (PPO: every 655k)
+  c.runner.val_check_interval = 5  # evaluate every 256k env steps (PPO: every 328k)
   c.runner.save_interval = 20  # checkpoint every 1M env steps
   c.runner.logger.experiment_name = "mujoco_grpo_mlp"  # runs/panda_rl/mujoco_grpo_mlp
   return c
