@@ -5,6 +5,7 @@ plot.
         [--thresholds 0.5 0.8 0.9] [--plot [PNG]]
     python scripts/learning_curve.py RUN_A RUN_B ...   # the seeds of several runs together
     python scripts/learning_curve.py RUN_A earlier.json --plot   # with a saved report's seeds
+    python scripts/learning_curve.py seed0.json seed1.json --plot x.png  # time_to_success.py's
 
 Wall-clock is ``time/wall_s`` as logged by the trainer: seconds since the run started, so
 the first compile and every evaluation are included.
@@ -13,7 +14,8 @@ A run of several seeds (``runner.num_seeds``; ``seed_<k>/`` sub-directories, see
 PRNG seed ``runner.seed`` + k) prints the mean over the seeds (with their min and max), when
 each seed first reached each threshold, and its JSON holds every seed's curve under
 ``"seeds"``. Several run directories (or multi-seed reports this script wrote with
-``--json``) merge their seeds (each seed once) and average them at the iterations all of
+``--json``, or ``scripts/time_to_success.py --json`` reports, one seed each) merge their
+seeds (each seed once) and average them at the iterations all of
 them evaluated; each seed's wall-clock is its own run's. ``--plot`` writes a PNG (default
 ``<run dir>/learning_curve.png``): eval success against env steps and against wall-clock,
 one line per seed plus their mean (one line for a 1-seed run); it needs matplotlib
@@ -74,17 +76,45 @@ def seed_curves(run_dir: str) -> dict:
   return {first + int(p.name.split("_")[1]): curve(str(p)) for p in seed_dirs(run_dir)}
 
 
+def _report_seed(report: dict, path: str) -> int:
+  """The PRNG seed a ``time_to_success.py`` report trained: its ``runner.seed=K`` override,
+  else its config's ``runner.seed``."""
+  for override in report.get("overrides", []):
+    key, _, value = override.partition("=")
+    if key.strip().lstrip("-").removeprefix("config.") == "runner.seed":
+      return int(value)
+  config = Path(report.get("config", ""))
+  if not config.is_file():
+    raise SystemExit(f"{path}: no runner.seed override and its config {str(config)!r} is "
+                     "not here to read the seed from")
+  from panda_rl.config import load_config_file
+  return int(load_config_file(str(config)).runner.seed)
+
+
+def _time_to_success_curve(report: dict) -> list:
+  """A ``time_to_success.py`` report's evaluations as :func:`curve` rows (its clock is the
+  launch's, like ``time/wall_s``; it logs no training success)."""
+  return [{"iteration": int(e["iteration"]), "env_steps": int(e["env_steps"]),
+           "wall_s": _round(e["seconds"], 1), "eval_success": _round(e["success"], 4),
+           "train_success_once": float("nan")} for e in report["evals"]]
+
+
 def _saved_seeds(path: str) -> dict:
-  """{PRNG seed: curve} of a multi-seed report that ``--json`` wrote."""
+  """{PRNG seed: curve} of a multi-seed report that ``--json`` wrote, or of the one seed a
+  ``scripts/time_to_success.py`` report trained."""
   report = json.loads(Path(path).read_text())
+  if "evals" in report:
+    return {_report_seed(report, path): _time_to_success_curve(report)}
   if "seeds" not in report:
-    raise SystemExit(f"{path}: not a multi-seed report of this script (no \"seeds\")")
+    raise SystemExit(f"{path}: neither a multi-seed report of this script (no \"seeds\") nor "
+                     "a time_to_success.py report (no \"evals\")")
   return {int(s["seed"]): s["curve"] for s in report["seeds"]}
 
 
 def merged_seeds(run_dirs: list) -> dict:
   """{PRNG seed: curve} over several runs (a 1-seed run counts as its ``runner.seed``; a
-  ``.json`` path is a multi-seed report written by ``--json``)."""
+  ``.json`` path is a multi-seed report written by ``--json`` or a ``time_to_success.py``
+  report)."""
   seeds = {}
   for run_dir in run_dirs:
     if str(run_dir).endswith(".json"):
@@ -179,7 +209,8 @@ def plot(rows: list, seeds: dict, path: str, title: str = "") -> None:
 
 def report(run_dirs: list, thresholds: list) -> dict:
   """Prints the table and the thresholds; returns what ``--json`` writes."""
-  if len(run_dirs) == 1:  # the mean is the run's own aggregate
+  if len(run_dirs) == 1 and not str(run_dirs[0]).endswith(".json"):
+    # the mean is the run's own aggregate
     rows, seeds = curve(run_dirs[0]), seed_curves(run_dirs[0])
   else:
     seeds = merged_seeds(run_dirs)
@@ -212,6 +243,8 @@ def main(argv=None):
   p.add_argument("--thresholds", type=float, nargs="*", default=[0.5, 0.8, 0.9])
   p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                  help="write a PNG (default <run_dir>/learning_curve.png)")
+  p.add_argument("--title", default=None,
+                 help="the plot's title (default: the names of the runs)")
   args = p.parse_args(argv)
   out = report(args.run_dir, args.thresholds)
   if args.json:
@@ -220,7 +253,11 @@ def main(argv=None):
   if args.plot is not None:
     path = args.plot or str(Path(args.run_dir[0]) / "learning_curve.png")
     seeds = {s["seed"]: s["curve"] for s in out.get("seeds", [])}
-    plot(out["curve"], seeds, path, title=" + ".join(args.run_dir))
+    title = args.title
+    if title is None:
+      title = " + ".join(Path(r).name if str(r).endswith(".json") else str(r)
+                         for r in args.run_dir)
+    plot(out["curve"], seeds, path, title=title)
     print(f"plot: {path}", file=sys.stderr)
 
 

@@ -246,6 +246,42 @@ def test_learning_curve_merges_the_seeds_of_several_runs():
   assert (mean[1]["eval_success_min"], mean[1]["eval_success_max"]) == (0.6, 1.0)
 
 
+def test_learning_curve_reads_time_to_success_reports(tmp_path, capsys):
+  lc = _learning_curve()
+  evals = lambda *succ: [{"iteration": 10 * (i + 1), "env_steps": 1000 * (i + 1),
+                          "success": s, "seconds": 30.0 * (i + 1)} for i, s in enumerate(succ)]
+  config = tmp_path / "cfg.py"  # the seed comes from the config when no override names it
+  config.write_text("import ml_collections\n"
+                    "def get_config():\n"
+                    "  c = ml_collections.ConfigDict()\n"
+                    "  c.runner = ml_collections.ConfigDict(dict(seed=4))\n"
+                    "  return c\n")
+  reports = {"a.json": dict(config=str(config), overrides=["runner.seed=1"],
+                            evals=evals(0.0, 0.5, 0.9)),
+             "b.json": dict(config=str(config), overrides=["env.train.num_envs=8"],
+                            evals=evals(0.0, 0.25))}
+  for name, report in reports.items():
+    (tmp_path / name).write_text(json.dumps(report))
+  out, png = tmp_path / "out.json", tmp_path / "out.png"
+  lc.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json", str(out),
+           "--thresholds", "0.8", "--plot", str(png), "--title", "two reports"])
+  merged = json.loads(out.read_text())
+  assert [s["seed"] for s in merged["seeds"]] == [1, 4]
+  first = merged["seeds"][0]["first_reaching"]["0.8"]
+  assert (first["iteration"], first["env_steps"], first["wall_s"], first["eval_success"]) == (
+      30, 3000, 90.0, 0.9)
+  assert merged["seeds"][1]["first_reaching"]["0.8"] is None
+  np.testing.assert_allclose([r["eval_success"] for r in merged["curve"]], [0.0, 0.375])
+  assert png.read_bytes()[:4] == b"\x89PNG"
+  assert "seed 1: iteration 30, 3,000 env steps, 90 s" in capsys.readouterr().out
+  (tmp_path / "c.json").write_text(json.dumps({"evals": [], "config": "gone.py"}))
+  with pytest.raises(SystemExit, match="no runner.seed override and its config 'gone.py'"):
+    lc.main([str(tmp_path / "c.json")])
+  (tmp_path / "d.json").write_text(json.dumps({"curve": []}))
+  with pytest.raises(SystemExit, match="neither a multi-seed report"):
+    lc.main([str(tmp_path / "d.json")])
+
+
 def test_evaluate_cli_function_evaluates_the_chosen_seed(two):
   from panda_rl.evaluate import evaluate_checkpoint
 
