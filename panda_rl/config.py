@@ -160,6 +160,14 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
+def split_override(override: str) -> Tuple[str, str | None]:
+  """A command-line override, ``"a.b=v"`` or ``"--config.a.b=v"``, as (field path ``"a.b"``,
+  its value string ``"v"``; None when it has no ``=``)."""
+  flag = override if override.startswith("--") else f"--config.{override}"
+  name, sep, value = flag.partition("=")
+  return name[len("--config."):], (value if sep else None)
+
+
 def load_config(path: str | os.PathLike,
                 overrides: Sequence[str] | Mapping[str, Any] = ()) -> ml_collections.ConfigDict:
   """Loads ``path`` and applies overrides exactly as the command line would.
@@ -196,8 +204,7 @@ def load_config(path: str | os.PathLike,
     o = o if o.startswith("--") else f"--config.{o}"
     latest[o.split("=", 1)[0]] = o
   argv = ["panda_rl", *latest.values()]
-  values = {k[len("--config."):]: o.split("=", 1)[1] if "=" in o else None
-            for k, o in latest.items()}  # field path -> its command-line string
+  values = dict(map(split_override, latest.values()))  # field path -> its command-line string
   add_env_settings(config, values)
   check_override_paths(config, values)
   fv = flags.FlagValues()

@@ -27,6 +27,7 @@ import json
 import sys
 from pathlib import Path
 
+from panda_rl.config import load_config_file, split_override
 from panda_rl.logger import read_scalars
 from panda_rl.seeds import MAX_SUFFIX, MIN_SUFFIX, aggregate, seed_dirs
 
@@ -76,18 +77,21 @@ def seed_curves(run_dir: str) -> dict:
   return {first + int(p.name.split("_")[1]): curve(str(p)) for p in seed_dirs(run_dir)}
 
 
+def _is_report(path) -> bool:
+  """A saved JSON report (this script's ``--json`` or ``time_to_success.py``'s), not a run."""
+  return str(path).endswith(".json")
+
+
 def _report_seed(report: dict, path: str) -> int:
   """The PRNG seed a ``time_to_success.py`` report trained: its ``runner.seed=K`` override,
   else its config's ``runner.seed``."""
-  for override in report.get("overrides", []):
-    key, _, value = override.partition("=")
-    if key.strip().lstrip("-").removeprefix("config.") == "runner.seed":
-      return int(value)
+  overrides = dict(map(split_override, report.get("overrides", [])))
+  if "runner.seed" in overrides:
+    return int(overrides["runner.seed"])
   config = Path(report.get("config", ""))
   if not config.is_file():
     raise SystemExit(f"{path}: no runner.seed override and its config {str(config)!r} is "
                      "not here to read the seed from")
-  from panda_rl.config import load_config_file
   return int(load_config_file(str(config)).runner.seed)
 
 
@@ -117,7 +121,7 @@ def merged_seeds(run_dirs: list) -> dict:
   report)."""
   seeds = {}
   for run_dir in run_dirs:
-    if str(run_dir).endswith(".json"):
+    if _is_report(run_dir):
       found = _saved_seeds(run_dir)
     else:
       found = seed_curves(run_dir) or {_first_seed(run_dir): curve(run_dir)}
@@ -209,7 +213,7 @@ def plot(rows: list, seeds: dict, path: str, title: str = "") -> None:
 
 def report(run_dirs: list, thresholds: list) -> dict:
   """Prints the table and the thresholds; returns what ``--json`` writes."""
-  if len(run_dirs) == 1 and not str(run_dirs[0]).endswith(".json"):
+  if len(run_dirs) == 1 and not _is_report(run_dirs[0]):
     # the mean is the run's own aggregate
     rows, seeds = curve(run_dirs[0]), seed_curves(run_dirs[0])
   else:
@@ -255,7 +259,7 @@ def main(argv=None):
     seeds = {s["seed"]: s["curve"] for s in out.get("seeds", [])}
     title = args.title
     if title is None:
-      title = " + ".join(Path(r).name if str(r).endswith(".json") else str(r)
+      title = " + ".join(Path(r).name if _is_report(r) else str(r)
                          for r in args.run_dir)
     plot(out["curve"], seeds, path, title=title)
     print(f"plot: {path}", file=sys.stderr)

@@ -10,7 +10,7 @@ import pytest
 
 from panda_rl.config import (ConfigError, config_diff, config_from_dict, config_to_dict,
                              flatten, load_config, load_config_file, logger_backends, run_dir,
-                             validate_config)
+                             split_override, validate_config)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG = str(CONFIG_DIR / "mujoco_ppo_mlp.py")
@@ -207,3 +207,11 @@ def test_plain_reset_config_has_no_curriculum_and_evaluates_what_it_trains():
                      "env.train.overrides.action_scale_grip", "runner.max_epochs",
                      "runner.logger.experiment_name"}, changed
   assert run_dir(plain) == Path("runs/panda_rl/mujoco_ppo_mlp_plain")
+
+
+def test_split_override_reads_both_command_line_forms():
+  assert split_override("runner.seed=3") == ("runner.seed", "3")
+  assert split_override("--config.algorithm.gamma=0.98") == ("algorithm.gamma", "0.98")
+  assert split_override("env.train.overrides={'a': 1}") == ("env.train.overrides", "{'a': 1}")
+  assert split_override("--config.runner.resume") == ("runner.resume", None)
+  assert split_override("a.b=x=y") == ("a.b", "x=y")  # only the first '=' separates
