@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.env.train = ml_collections.ConfigDict()
   c.env.train.env_id = "PandaPickCube-v0"  # registered env name (panda_rl.registered_envs())
   c.env.train.num_envs = 1024  # parallel training envs (global, over all env devices)
+  # Training envs reset in this many groups spread over an episode (1 = all at once): the
+  # first episode of env i starts (i % K) * episode_length / K steps in (cut short).
+  c.env.train.reset_phases = 1
   # Env default_config() overrides (other envs: clear with --config.env.train.overrides={}).
   c.env.train.overrides = ml_collections.ConfigDict()
   # Reverse curriculum: 40% of training resets start with the open hand at the cube (see
@@ -47,6 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Exploration noise correlated over steps: AR(1) coefficient rho in [0, 1), each step's
   # noise still N(0, 1), consecutive steps pushing the same way for ~1/(1-rho) steps; 0 = white.
   c.rollout.noise_correlation = 0.0
+  # The action dimensions that noise is correlated on (empty = all), e.g. (3,): the gripper's.
+  c.rollout.noise_correlation_dims = ()
 
   c.actor = ml_collections.ConfigDict()
   c.actor.model = ml_collections.ConfigDict()
@@ -57,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Upper bound on that log std (None = unbounded); actions are clipped to [-1, 1], so noise
   # beyond a std of ~1 changes nothing the env sees while the entropy bonus still pays for it.
   c.actor.model.max_log_std = config_dict.placeholder(float)
+  # tanh on the Gaussian's mean, keeping it inside [-1, 1] so the noise always reaches the env.
+  c.actor.model.bounded_mean = False
   c.actor.optim = ml_collections.ConfigDict()
   c.actor.optim.lr = 1e-3  # peak learning rate (Adam)
   c.actor.optim.lr_schedule = "constant"  # constant | linear | cosine (decay over the run)

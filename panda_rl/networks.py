@@ -244,6 +244,10 @@ class GaussianPolicy(nn.Module):
   # of about 1 more noise no longer changes what the env receives (a[i] is then +-1 at
   # random) while the entropy bonus keeps paying for it, and the mean stops mattering.
   max_log_std: Optional[float] = None
+  # tanh on the mean: it stays inside the action range [-1, 1], so exploration noise always
+  # reaches the env (an unbounded mean can drift to e.g. -3, where nearly every sample of a
+  # dimension clips to -1 and that dimension stops exploring).
+  bounded_mean: bool = False
   encoder: Optional[nn.Module] = None  # None -> FlatEncoder
 
   @nn.compact
@@ -256,6 +260,8 @@ class GaussianPolicy(nn.Module):
     # Small output init: the initial mean is ~0 whatever the observation scale.
     mean = nn.Dense(self.action_size, kernel_init=nn.initializers.orthogonal(0.01),
                     name="mean")(x)
+    if self.bounded_mean:
+      mean = jnp.tanh(mean)
     log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
                          (self.action_size,))
     if self.max_log_std is not None:
@@ -362,7 +368,7 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                   policy_encoder: Optional[nn.Module] = None,
                   value_encoder: Optional[nn.Module] = None) -> ActorCritic:
   """Builds the agent from ``config.actor.model`` (policy_hidden, value_hidden, activation,
-  init_log_std, optional max_log_std; optional ``encoder`` = "flat" | "cnn" with the cnn_* /
+  init_log_std, optional max_log_std and bounded_mean; optional ``encoder`` = "flat" | "cnn" with the cnn_* /
   embed_dim fields, see :func:`make_encoder`; optional ``shared_encoder``). Explicit encoders
   override the config's.
   By default the policy and the value net each get their own encoder (no shared parameters);
@@ -383,6 +389,7 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                           activation=model_config.activation,
                           init_log_std=float(model_config.init_log_std),
                           max_log_std=_optional_float(model_config.get("max_log_std")),
+                          bounded_mean=bool(model_config.get("bounded_mean", False)),
                           encoder=policy_encoder)
   value = None
   if with_value:

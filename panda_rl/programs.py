@@ -67,8 +67,8 @@ class IterationFns(NamedTuple):
     value: (params, normalizer, obs) -> V [B]; None for value-free algorithms.
     env: the batched training env (``step``, ``action_size``, ``episode_keys``).
     num_steps: T.
-    noise_correlation: the exploration noise's AR(1) coefficient between steps
-      (:func:`panda_rl.rollout.rollout_noise`; 0 = white).
+    noise_correlation: the exploration noise's AR(1) coefficient between steps, one number
+      or one per action dimension (:func:`panda_rl.rollout.rollout_noise`; 0 = white).
     settings: what the functions are built from (JSON-able, e.g. the config's
       :func:`~panda_rl.config.program_settings`): the one-device iteration is then kept
       traced across processes (:mod:`panda_rl.program_cache`); None: plain ``jax.jit``.
@@ -85,7 +85,7 @@ class IterationFns(NamedTuple):
   env: Any
   num_steps: int
   settings: Any = None
-  noise_correlation: float = 0.0
+  noise_correlation: Any = 0.0
 
 
 def _with_seed_axis(shardings: Any) -> Any:

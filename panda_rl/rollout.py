@@ -14,10 +14,11 @@ stage spreads evenly over the devices of a batch-sharded env state and keeps blo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from panda_rl.envs.base import EPISODE_KEYS, Env, EnvState
 
@@ -107,21 +108,43 @@ def step_noise(key: Array, num_envs: int, action_size: int) -> Array:
   return jax.random.normal(key, (num_envs, action_size), jnp.float32)
 
 
+Correlation = Union[float, Tuple[float, ...]]
+
+
+def is_white(correlation: Correlation) -> bool:
+  """Whether a noise correlation (a number, or one per action dimension) is 0 everywhere."""
+  return not np.any(np.asarray(correlation, np.float64))
+
+
+def noise_correlation(rollout_config: Any, action_size: int) -> Correlation:
+  """The exploration noise's AR(1) coefficient from a config's ``rollout`` section:
+  ``noise_correlation`` (a number), applied to the action dimensions listed in
+  ``noise_correlation_dims`` (empty or absent: all of them). Returns the number when it
+  applies to every dimension, else a tuple with one coefficient per action dimension
+  (``noise_correlation`` at the listed dimensions, 0 -- white noise -- elsewhere)."""
+  rho = float(rollout_config.get("noise_correlation", 0.0))
+  dims = tuple(int(d) for d in rollout_config.get("noise_correlation_dims", ()) or ())
+  if not dims:
+    return rho
+  return tuple(rho if i in dims else 0.0 for i in range(int(action_size)))
+
+
 def rollout_noise(key: Array, num_steps: int, num_envs: int, action_size: int,
-                  correlation: float = 0.0) -> Array:
+                  correlation: Correlation = 0.0) -> Array:
   """[T, B, A] exploration noise of a whole rollout, standard normal at every step.
 
   ``correlation = rho`` in [0, 1): an AR(1) process over the rollout's steps,
   ``n_0 = w_0``, ``n_t = rho n_{t-1} + sqrt(1 - rho^2) w_t`` with ``w_t`` the white noise of
   step t (:func:`step_noise` of ``split(key, T)[t]``), so each step's noise is still N(0, 1)
   (the policy's log-probabilities are unchanged) while consecutive steps push the same way
-  for about ``1 / (1 - rho)`` steps. ``rho = 0`` is the white noise itself.
+  for about ``1 / (1 - rho)`` steps. ``rho = 0`` is the white noise itself. A tuple of A
+  coefficients gives each action dimension its own (e.g. only the gripper's correlated).
   """
   white = jnp.stack([step_noise(k, num_envs, action_size)
                      for k in jax.random.split(key, num_steps)])
-  if correlation == 0.0:
+  if is_white(correlation):
     return white
-  rho = jnp.float32(correlation)
+  rho = jnp.asarray(correlation, jnp.float32)  # [] or [A], broadcast over [B, A]
   innovation = jnp.sqrt(1.0 - rho * rho)
 
   def ar(prev, w):
@@ -130,6 +153,22 @@ def rollout_noise(key: Array, num_steps: int, num_envs: int, action_size: int,
 
   _, rest = jax.lax.scan(ar, white[0], white[1:])
   return jnp.concatenate([white[:1], rest])
+
+
+def stagger_episodes(env_state: EnvState, episode_length: int, phases: int) -> EnvState:
+  """Spreads a freshly reset batch's episodes over ``phases`` start times.
+
+  Env i's step counter starts at ``(i % phases) * (episode_length // phases)``: its first
+  episode is that much shorter (truncated, so bootstrapped as usual), and from then on the
+  batch resets in ``phases`` groups spread over an episode instead of all at once, so every
+  rollout mixes early, middle and late steps of episodes. Every episode still starts from
+  the env's own reset; ``phases = 1`` returns the state unchanged.
+  """
+  if phases <= 1:
+    return env_state
+  step = env_state.info["step"]
+  offset = (jnp.arange(step.shape[0]) % phases) * (episode_length // phases)
+  return env_state.replace(info=dict(env_state.info, step=offset.astype(step.dtype)))
 
 
 def env_record(env: Env, state: EnvState, nxt: EnvState) -> Dict[str, Any]:
@@ -156,7 +195,7 @@ def act_and_step(env: Env, state: EnvState, noise: Array, act_fn: ActFn,
 
 def collect(env: Env, env_state: EnvState, key: Array, num_steps: int, act_fn: ActFn,
             value_fn: Optional[ValueFn] = None, num_stages: int = 1, stage_block: int = 1,
-            noise_correlation: float = 0.0) -> Tuple[EnvState, Transition]:
+            noise_correlation: Correlation = 0.0) -> Tuple[EnvState, Transition]:
   """Runs ``num_steps`` steps of the batched env ``env`` (an AutoResetWrapper).
 
   Args:
@@ -171,15 +210,15 @@ def collect(env: Env, env_state: EnvState, key: Array, num_steps: int, act_fn: A
       (one stage's physics with another stage's inference). The result does not depend
       on k (up to float rounding of differently-sized matmuls).
     stage_block: envs kept together within a stage (see :func:`split_stages`).
-    noise_correlation: the AR(1) coefficient of the exploration noise between steps
-      (:func:`rollout_noise`); 0 = white noise.
+    noise_correlation: the AR(1) coefficient of the exploration noise between steps, one
+      number or one per action dimension (:func:`rollout_noise`); 0 = white noise.
 
   Returns:
     (env_state after the last step, Transition with leading axes [T, B]).
   """
   num_envs = jax.tree.leaves(env_state.reward)[0].shape[0]
 
-  white = noise_correlation == 0.0
+  white = is_white(noise_correlation)
 
   def step(states, x: Array):  # x: the step's key (white noise) or its noise [B, A]
     noise = step_noise(x, num_envs, env.action_size) if white else x

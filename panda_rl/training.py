@@ -96,7 +96,6 @@ class Trainer:
     self.config, self.algorithm, self.placement = config, setup.algorithm, setup.placement
     alg = config.algorithm
     self.num_steps = int(config.rollout.num_steps)
-    self.noise_correlation = float(config.rollout.get("noise_correlation", 0.0))
     self.normalize_obs = bool(alg.normalize_obs)
     self.update_epochs = int(alg.update_epochs)
     self.num_minibatches = int(alg.num_minibatches)
@@ -104,6 +103,9 @@ class Trainer:
     self.env = self.algorithm.wrap_env(setup.env, int(config.env.train.num_envs))
     self.eval_env = AutoResetWrapper(setup.eval_env, int(config.env.eval.num_envs))
     self.steps_per_iteration = self.env.num_envs * self.num_steps
+    self.noise_correlation = rollout_lib.noise_correlation(config.rollout,
+                                                           self.env.action_size)
+    self.reset_phases = int(config.env.train.get("reset_phases", 1))
     self._obs_spec = setup.obs_spec
     self.networks: ActorCritic = make_networks(config.actor.model, self.env.action_size,
                                                with_value=self.algorithm.needs_value)
@@ -169,6 +171,9 @@ class Trainer:
     """Pure: reset envs, initialise parameters, optimiser and normaliser."""
     k_env, k_params, k_next = jax.random.split(key, 3)
     env_state = self.env.reset(k_env)
+    if self.reset_phases > 1:
+      env_state = rollout_lib.stagger_episodes(
+          env_state, int(self.env.unwrapped.config.episode_length), self.reset_phases)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._obs_spec)
     params = self.networks.init(k_params, zeros)
     return TrainState(params=params, opt_state=self.optimizer.init(params),

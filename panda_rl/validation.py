@@ -87,6 +87,11 @@ def _size_problems(config: Any) -> List[str]:
   rho = config.rollout.get("noise_correlation", 0.0)
   if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0.0 <= rho < 1.0):
     out.append(f"rollout.noise_correlation must be a number in [0, 1), got {rho!r}")
+  dims = config.rollout.get("noise_correlation_dims", ()) or ()
+  if (isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__")
+      or not all(_is_int(d) and d >= 0 for d in dims) or len(set(dims)) != len(tuple(dims))):
+    out.append("rollout.noise_correlation_dims must be distinct action dimensions "
+               f"(integers >= 0), got {dims!r}")
   return out
 
 
@@ -224,6 +229,31 @@ def _env_pair_problems(train_env: Any, eval_env: Any, obs_t: Any) -> List[str]:
           f"{train_env.action_size}"]
 
 
+def _noise_dim_problems(config: Any, action_size: int) -> List[str]:
+  dims = tuple(config.rollout.get("noise_correlation_dims", ()) or ())
+  beyond = [d for d in dims if d >= action_size]
+  if not beyond:
+    return []
+  return [f"rollout.noise_correlation_dims={dims} names action dimension(s) {beyond}, but "
+          f"the env's actions have {action_size} (dimensions 0-{action_size - 1})"]
+
+
+def _reset_phase_problems(config: Any, env: Any, algorithm: agents.Algorithm) -> List[str]:
+  phases = config.env.train.get("reset_phases", 1)
+  if phases == 1:
+    return []
+  if not _is_int(phases) or phases < 1:
+    return [f"env.train.reset_phases must be an integer >= 1, got {phases!r}"]
+  if algorithm.fresh_envs:
+    return [f"env.train.reset_phases={phases}: {config.algorithm.adv_type} starts every "
+            "rollout from freshly reset envs, so there are no episodes to stagger; use 1"]
+  length = env.unwrapped.config.get("episode_length", None)
+  if length is None or phases > length:
+    return [f"env.train.reset_phases={phases} must be at most the env's episode_length "
+            f"({length})"]
+  return []
+
+
 def _seed_problems(config: Any, placement: placement_lib.Placement) -> List[str]:
   """Several seeds are one vmapped program: the collocated placement only."""
   seeds = num_seeds(config)
@@ -272,6 +302,8 @@ def check(config: Any, devices: Optional[Any] = None) -> Setup:
   _raise(problems)  # the algorithm and placement checks below read these fields
   algorithm = agents.make(config)
   problems += algorithm.env_problems(config, envs["train"])
+  problems += _noise_dim_problems(config, envs["train"].action_size)
+  problems += _reset_phase_problems(config, envs["train"], algorithm)
   try:
     placement = placement_lib.from_config(config, devices, stage_block=algorithm.stage_block)
     placement_problems = []

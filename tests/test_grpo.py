@@ -516,3 +516,12 @@ if __name__ == "__main__":
     _child_grpo_placements(sys.argv[2])
   else:
     raise SystemExit(f"unknown mode {sys.argv[1:]}")
+
+
+def test_grpo_rejects_staggered_resets():
+  """GRPO starts every rollout from fresh envs: env.train.reset_phases has nothing to do."""
+  c = probe_config()
+  c.env.train.reset_phases = 2
+  with pytest.raises(ValueError, match=r"reset_phases=2: grpo starts every rollout from "
+                                       r"freshly reset envs"):
+    training.Trainer(c)

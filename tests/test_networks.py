@@ -52,6 +52,22 @@ def test_max_log_std_bounds_the_std_and_stops_the_entropy_gradient():
   np.testing.assert_allclose(grad, [1.0, 1.0, 1.0])
 
 
+def test_bounded_mean_is_the_tanh_of_the_unbounded_one():
+  """actor.model.bounded_mean: the same parameters give tanh(mean), inside [-1, 1]; the
+  log std is untouched."""
+  obs = 50.0 * jax.random.normal(jax.random.PRNGKey(2), (64, 10))  # drive the mean far out
+  free = networks.make_networks(model_config(), action_size=3)
+  bounded = networks.make_networks(model_config(bounded_mean=True), action_size=3)
+  policy = dict(free.init(jax.random.PRNGKey(0), obs[0])["policy"])
+  policy["mean"] = jax.tree.map(lambda w: 300.0 * w, policy["mean"])
+  mean, log_std = free.policy_apply(policy, obs)
+  assert float(jnp.max(jnp.abs(mean))) > 1.5
+  b_mean, b_log_std = bounded.policy_apply(policy, obs)
+  np.testing.assert_allclose(b_mean, jnp.tanh(mean), rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(b_log_std, log_std)
+  assert float(jnp.max(jnp.abs(b_mean))) <= 1.0
+
+
 def test_no_value_net_when_not_needed():
   nets = networks.make_networks(model_config(), action_size=2, with_value=False)
   params = jax.eval_shape(nets.init, jax.random.PRNGKey(0), jnp.zeros(3))

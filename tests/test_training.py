@@ -231,6 +231,79 @@ def test_collect_acts_on_the_correlated_noise():
                                rtol=1e-6)
 
 
+def test_rollout_noise_correlated_on_some_dimensions_only():
+  """A coefficient per action dimension: the dimensions at 0 get the white noise itself, the
+  others the AR(1) recursion of test_rollout_noise_white_and_correlated."""
+  key = jax.random.PRNGKey(5)
+  white = np.asarray(rollout_lib.rollout_noise(key, 4, 3, 2))
+  both = np.asarray(rollout_lib.rollout_noise(key, 4, 3, 2, 0.8))
+  second = np.asarray(rollout_lib.rollout_noise(key, 4, 3, 2, (0.0, 0.8)))
+  np.testing.assert_array_equal(second[..., 0], white[..., 0])
+  np.testing.assert_allclose(second[..., 1], both[..., 1], rtol=1e-6)
+  np.testing.assert_array_equal(rollout_lib.rollout_noise(key, 4, 3, 2, (0.0, 0.0)), white)
+
+
+def test_noise_correlation_dims_from_the_config():
+  c = probe_config()
+  c.rollout.noise_correlation = 0.9
+  assert rollout_lib.noise_correlation(c.rollout, 4) == 0.9  # no dims: every dimension
+  c.rollout.noise_correlation_dims = (3,)
+  assert rollout_lib.noise_correlation(c.rollout, 4) == (0.0, 0.0, 0.0, 0.9)
+  c.rollout.noise_correlation_dims = (1,)
+  assert training.Trainer(c).noise_correlation == (0.0, 0.9)  # PointReach: 2-D actions
+  assert rollout_lib.is_white((0.0, 0.0)) and not rollout_lib.is_white((0.0, 0.9))
+
+
+@pytest.mark.parametrize("dims, message", [
+    ((2,), r"noise_correlation_dims=\(2,\) names action dimension\(s\) \[2\], but the env's "
+           r"actions have 2 \(dimensions 0-1\)"),
+    ((1, 1), r"noise_correlation_dims must be distinct action dimensions"),
+    ((-1,), r"noise_correlation_dims must be distinct action dimensions")])
+def test_bad_noise_correlation_dims_fail_clearly(dims, message):
+  c = probe_config()
+  c.rollout.noise_correlation_dims = dims
+  with pytest.raises(ValueError, match=message):
+    training.Trainer(c)
+
+
+def test_stagger_episodes_resets_in_phases():
+  """reset_phases = K: env i's first episode starts (i % K) * L // K steps in, so the batch
+  then resets in K groups spread over the episode; the reset observations are untouched."""
+  env = AutoResetWrapper(panda_rl.make("PointReach-v0"), num_envs=8)  # L = 25
+  fresh = env.reset(jax.random.PRNGKey(0))
+  assert rollout_lib.stagger_episodes(fresh, 25, 1) is fresh
+  state = rollout_lib.stagger_episodes(fresh, 25, 4)
+  np.testing.assert_array_equal(state.info["step"], [0, 6, 12, 18, 0, 6, 12, 18])
+  np.testing.assert_array_equal(state.obs, fresh.obs)
+  step = jax.jit(env.step)
+  done_at = [[] for _ in range(8)]
+  for t in range(50):
+    state = step(state, jnp.zeros((8, 2)))
+    for i in np.flatnonzero(np.asarray(state.done)):
+      done_at[i].append(t + 1)
+  assert done_at[0] == [25, 50] and done_at[1] == [19, 44] and done_at[3] == [7, 32]
+  assert done_at[4] == done_at[0]
+
+
+def test_trainer_staggers_the_training_envs_only():
+  c = probe_config()
+  c.env.train.reset_phases = 5
+  trainer = training.Trainer(c)
+  state = trainer.init(trainer.initial_key(0))
+  np.testing.assert_array_equal(np.asarray(state.env_state.info["step"])[:6],
+                                [0, 5, 10, 15, 20, 0])
+
+
+@pytest.mark.parametrize("phases, message", [
+    (26, r"env.train.reset_phases=26 must be at most the env's episode_length \(25\)"),
+    (0, r"env.train.reset_phases must be an integer >= 1, got 0")])
+def test_bad_reset_phases_fail_clearly(phases, message):
+  c = probe_config()
+  c.env.train.reset_phases = phases
+  with pytest.raises(ValueError, match=message):
+    training.Trainer(c)
+
+
 @pytest.mark.parametrize("value", [1.0, -0.1])
 def test_bad_noise_correlation_fails_clearly(value):
   c = probe_config()
