@@ -368,9 +368,9 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                   policy_encoder: Optional[nn.Module] = None,
                   value_encoder: Optional[nn.Module] = None) -> ActorCritic:
   """Builds the agent from ``config.actor.model`` (policy_hidden, value_hidden, activation,
-  init_log_std, optional max_log_std and bounded_mean; optional ``encoder`` = "flat" | "cnn" with the cnn_* /
-  embed_dim fields, see :func:`make_encoder`; optional ``shared_encoder``). Explicit encoders
-  override the config's.
+  init_log_std, optional max_log_std and bounded_mean; optional ``encoder`` = "flat" |
+  "cnn" with the cnn_* / embed_dim fields, see :func:`make_encoder`; optional
+  ``shared_encoder``). Explicit encoders override the config's.
   By default the policy and the value net each get their own encoder (no shared parameters);
   with ``shared_encoder`` (or ``model_config.shared_encoder``) the value net is a head on the
   policy encoder's features (see :class:`ActorCritic`)."""
