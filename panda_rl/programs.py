@@ -89,8 +89,11 @@ class IterationFns(NamedTuple):
 
 
 def _with_seed_axis(shardings: Any) -> Any:
-  """Per-seed shardings -> those of the stacked state: the seed axis leads, unsharded."""
-  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
+  """Per-seed shardings -> those of the stacked state: the seed axis leads, unsharded (a
+  replicated leaf stays ``P()``, the sharding an iteration's output has, so that programs
+  compiled for the initial state serve every later one)."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec) if s.spec else P()),
+                      shardings)
 
 
 class SingleProgram:

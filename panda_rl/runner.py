@@ -3,14 +3,15 @@
 Python only sequences iterations here: each ``Trainer.train_iteration`` is one compiled
 program (or the placement's few); a fresh one-device run compiles it in a thread while it
 builds the initial state, and says after the first iteration how long it took to start and
-where the compilation cache is. Around it this module measures compile time and throughput,
-logs every metric (``time/*`` named in :mod:`panda_rl.metrics`), evaluates every
-``runner.val_check_interval`` iterations (and writes evaluation videos if asked), checkpoints
-every ``runner.save_interval`` iterations and at the end (flushing the loggers with each
-checkpoint), resumes (``runner.resume=True``), and stops with a clear error if the loss becomes
-NaN. With ``runner.num_seeds = S > 1`` the iteration and the evaluation run every seed at once
-and each seed logs to ``<run dir>/seed_<k>/``, the run directory gets their mean / min / max
-(:mod:`panda_rl.seeds`)::
+where the compilation cache is; the evaluation program compiles in a thread from the end of
+the setup on, so the first evaluation does not stop training to compile. Around it this
+module measures compile time and throughput, logs every metric (``time/*`` named in
+:mod:`panda_rl.metrics`), evaluates every ``runner.val_check_interval`` iterations (and writes
+evaluation videos if asked), checkpoints every ``runner.save_interval`` iterations and at the
+end (flushing the loggers with each checkpoint), resumes (``runner.resume=True``), and stops
+with a clear error if the loss becomes NaN. With ``runner.num_seeds = S > 1`` the iteration
+and the evaluation run every seed at once and each seed logs to ``<run dir>/seed_<k>/``, the
+run directory gets their mean / min / max (:mod:`panda_rl.seeds`)::
 
     from panda_rl.config import load_config
     from panda_rl.runner import train_and_evaluate
@@ -196,6 +197,7 @@ class _Run:
     self.success = float("nan")  # last finite env/success_once, for the progress bar
     self.preemption = Preemption()
     self.t_enter = t_enter  # when train_and_evaluate was called
+    self.eval_ahead: Optional[_InBackground] = None  # the evaluation, compiling
 
   def say(self, msg: str) -> None:
     _say(self.pbar, msg)
@@ -247,6 +249,30 @@ class _Run:
     abstract = self.trainer.abstract_state(self._key())
     return _InBackground(lambda: self.trainer.compile_iteration(abstract))
 
+  def _compile_evaluation_ahead(self, state) -> Optional["_InBackground"]:
+    """A collocated run on one process that evaluates compiles the evaluation program in a
+    thread as soon as its initial state is built, for arguments shaped and placed like
+    ``state``'s: on the core the setup used while the iteration still compiles on the other
+    (on 2 cores, compiling it during the first iterations instead slows them by as much as
+    it saves). A failure there is only reported: the evaluation then compiles when it is
+    first used, as without this."""
+    placement, r = self.trainer.placement, self.r
+    if not (placement.collocated and placement.single_process) or r.val_check_interval <= 0:
+      return None
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        state)
+    key = _eval_keys(int(r.seed), self.num_seeds, 0)
+
+    def compile_evaluation():
+      try:
+        return self.trainer.compile_evaluation(like, key)
+      except Exception as e:  # noqa: BLE001 - reported; the evaluation compiles on use
+        self.say(f"Compiling the evaluation ahead failed ({type(e).__name__}: {e}); it "
+                 "compiles at the first evaluation instead.")
+        return None
+
+    return _InBackground(compile_evaluation)
+
   def train(self) -> TrainResult:
     r = self.r
     ahead = self._compile_ahead()
@@ -256,6 +282,7 @@ class _Run:
                f"runner.max_epochs={r.max_epochs}.")
       return self._result(state, {})
     t_setup = time.perf_counter()  # the initial state is ready
+    self.eval_ahead = self._compile_evaluation_ahead(state)
     step_fn, compile_s = (ahead.result() if ahead is not None
                           else self.trainer.compile_iteration(state))
     t_ready = time.perf_counter()
@@ -365,9 +392,12 @@ class _Run:
     """Every seed's evaluation (one vmapped program), one dict per seed."""
     key = _eval_keys(int(self.r.seed), self.num_seeds, done)
     t0 = time.perf_counter()
+    if self.eval_ahead is not None:  # waits for the program compiling in the background
+      self.eval_ahead.result()
+      self.eval_ahead = None
     per_seed = seeds.split(self.trainer.fetch(dict(self.trainer.evaluate(state, key))),
                            self.num_seeds)
-    shared = {M.EVAL_S: time.perf_counter() - t0}  # the first includes its compile
+    shared = {M.EVAL_S: time.perf_counter() - t0}  # the first includes (waiting for) its compile
     if self.record_video is not None:
       shared.update(self._videos(state, key, done))
     for m in per_seed:

@@ -310,3 +310,64 @@ def test_bad_noise_correlation_fails_clearly(value):
   c.rollout.noise_correlation = value
   with pytest.raises(ValueError, match="rollout.noise_correlation must be a number in"):
     training.Trainer(c)
+
+
+def _compile_events(fn):
+  """fn()'s result and the names of the JAX tracing / lowering / compiling events it caused."""
+  events = []
+  listener = lambda event, secs, **kw: events.append(event)  # noqa: E731
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    out = jax.device_get(fn())
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return out, [e for e in events if e.startswith("/jax/core/compile/")]
+
+
+def _like(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
+
+
+def test_an_evaluation_compiled_ahead_is_the_one_evaluate_runs():
+  c = probe_config()
+  c.env.eval.num_envs = 16  # a program of its own (no other test compiles this size)
+  trainer = training.Trainer(c)
+  state = trainer.init(jax.random.PRNGKey(0))
+  key = jax.random.PRNGKey(7)
+  assert trainer.compile_evaluation(_like(state), key) > 0.0
+  ahead, events = _compile_events(lambda: trainer.evaluate(state, key))
+  assert events == []  # nothing traced, lowered or compiled: the program compiled ahead ran
+  plain = jax.device_get(training.Trainer(c).evaluate(state, key))
+  assert plain.keys() == ahead.keys() and set(ahead) >= {M.EVAL_SUCCESS_ONCE, M.EVAL_RETURN}
+  for name in plain:
+    np.testing.assert_array_equal(ahead[name], plain[name])
+
+
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_a_run_compiles_its_evaluation_beside_its_iteration(tmp_path, monkeypatch,
+                                                                   num_seeds):
+  from panda_rl.runner import train_and_evaluate
+
+  calls, first_eval = [], []
+  compile_evaluation, evaluate = training.Trainer.compile_evaluation, training.Trainer.evaluate
+
+  def spy_compile(self, state, key):
+    calls.append(jax.tree.leaves(state))
+    return compile_evaluation(self, state, key)
+
+  def spy_evaluate(self, state, key):
+    out, events = _compile_events(lambda: evaluate(self, state, key))
+    first_eval.append(events)
+    return out
+
+  monkeypatch.setattr(training.Trainer, "compile_evaluation", spy_compile)
+  monkeypatch.setattr(training.Trainer, "evaluate", spy_evaluate)
+  c = probe_config()
+  c.env.eval.num_envs = 8 * num_seeds  # programs of their own
+  c.runner.max_epochs, c.runner.val_check_interval, c.runner.num_seeds = 3, 2, num_seeds
+  c.runner.logger.log_path = str(tmp_path)
+  result = train_and_evaluate(c)
+  assert len(calls) == 1 and all(isinstance(x, jax.ShapeDtypeStruct) for x in calls[0])
+  assert len(first_eval) == 2 and first_eval[0] == []  # at iterations 2 and 3: no compile
+  assert 0.0 <= result.eval_metrics[M.EVAL_SUCCESS_ONCE] <= 1.0
