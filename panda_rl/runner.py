@@ -252,10 +252,9 @@ class _Run:
   def _compile_evaluation_ahead(self, state) -> Optional["_InBackground"]:
     """A collocated run on one process that evaluates compiles the evaluation program in a
     thread as soon as its initial state is built, for arguments shaped and placed like
-    ``state``'s: on the core the setup used while the iteration still compiles on the other
-    (on 2 cores, compiling it during the first iterations instead slows them by as much as
-    it saves). A failure there is only reported: the evaluation then compiles when it is
-    first used, as without this."""
+    ``state``'s, so the first evaluation need not stop training to compile. (On the 2-core
+    CPU this saves nothing measurable: the compiles share the cores; BENCHMARKS.md.) A
+    failure there is only reported: the evaluation then compiles when it is first used."""
     placement, r = self.trainer.placement, self.r
     if not (placement.collocated and placement.single_process) or r.val_check_interval <= 0:
       return None

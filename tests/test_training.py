@@ -345,11 +345,10 @@ def test_an_evaluation_compiled_ahead_is_the_one_evaluate_runs():
 
 
 @pytest.mark.parametrize("num_seeds", [1, 2])
-def test_a_run_compiles_its_evaluation_beside_its_iteration(tmp_path, monkeypatch,
-                                                                   num_seeds):
+def test_a_run_compiles_its_evaluation_beside_its_iteration(tmp_path, monkeypatch, num_seeds):
   from panda_rl.runner import train_and_evaluate
 
-  calls, first_eval = [], []
+  calls, eval_events = [], []
   compile_evaluation, evaluate = training.Trainer.compile_evaluation, training.Trainer.evaluate
 
   def spy_compile(self, state, key):
@@ -358,16 +357,16 @@ def test_a_run_compiles_its_evaluation_beside_its_iteration(tmp_path, monkeypatc
 
   def spy_evaluate(self, state, key):
     out, events = _compile_events(lambda: evaluate(self, state, key))
-    first_eval.append(events)
+    eval_events.append(events)
     return out
 
   monkeypatch.setattr(training.Trainer, "compile_evaluation", spy_compile)
   monkeypatch.setattr(training.Trainer, "evaluate", spy_evaluate)
   c = probe_config()
-  c.env.eval.num_envs = 8 * num_seeds  # programs of their own
+  c.env.eval.num_envs = 8  # an evaluation program no other test compiles
   c.runner.max_epochs, c.runner.val_check_interval, c.runner.num_seeds = 3, 2, num_seeds
   c.runner.logger.log_path = str(tmp_path)
   result = train_and_evaluate(c)
   assert len(calls) == 1 and all(isinstance(x, jax.ShapeDtypeStruct) for x in calls[0])
-  assert len(first_eval) == 2 and first_eval[0] == []  # at iterations 2 and 3: no compile
+  assert len(eval_events) == 2 and eval_events[0] == []  # the first (of 2) compiled nothing
   assert 0.0 <= result.eval_metrics[M.EVAL_SUCCESS_ONCE] <= 1.0
