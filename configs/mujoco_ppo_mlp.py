@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.actor.model.max_log_std = config_dict.placeholder(float)
   # tanh on the Gaussian's mean, keeping it inside [-1, 1] so the noise always reaches the env.
   c.actor.model.bounded_mean = False
+  # Per action dimension: a tuple of one entry per dimension (None = untouched), () = off.
+  c.actor.model.mean_bound = ()  # bound b > 0 on the mean: b * tanh(raw / b), in [-b, b]
+  c.actor.model.min_log_std = ()  # floor under the log std (no gradient below it)
   c.actor.optim = ml_collections.ConfigDict()
   c.actor.optim.lr = 1e-3  # peak learning rate (Adam)
   c.actor.optim.lr_schedule = "constant"  # constant | linear | cosine (decay over the run)

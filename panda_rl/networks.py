@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence,
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Params = Dict[str, Any]
@@ -248,6 +249,12 @@ class GaussianPolicy(nn.Module):
   # reaches the env (an unbounded mean can drift to e.g. -3, where nearly every sample of a
   # dimension clips to -1 and that dimension stops exploring).
   bounded_mean: bool = False
+  # Per action dimension (a tuple of A entries, None = that dimension untouched):
+  # mean_bound[i] = b > 0 makes the mean b * tanh(raw / b), inside [-b, b], so the noise
+  # keeps reaching both sides of that dimension; min_log_std[i] is a floor under its log_std
+  # (below it the entropy bonus and the loss have no gradient on the parameter).
+  mean_bound: Optional[Tuple[Optional[float], ...]] = None
+  min_log_std: Optional[Tuple[Optional[float], ...]] = None
   encoder: Optional[nn.Module] = None  # None -> FlatEncoder
 
   @nn.compact
@@ -262,10 +269,17 @@ class GaussianPolicy(nn.Module):
                     name="mean")(x)
     if self.bounded_mean:
       mean = jnp.tanh(mean)
+    if self.mean_bound is not None:
+      bound = np.array([0.0 if b is None else b for b in self.mean_bound], np.float32)
+      safe = np.where(bound > 0, bound, 1.0).astype(np.float32)
+      mean = jnp.where(bound > 0, safe * jnp.tanh(mean / safe), mean)
     log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
                          (self.action_size,))
     if self.max_log_std is not None:
       log_std = jnp.minimum(log_std, self.max_log_std)
+    if self.min_log_std is not None:
+      floor = np.array([-np.inf if f is None else f for f in self.min_log_std], np.float32)
+      log_std = jnp.maximum(log_std, floor)
     log_std = jnp.broadcast_to(log_std, mean.shape)
     if return_features:
       return mean, log_std, features
@@ -364,6 +378,22 @@ def _optional_float(value: Any) -> Optional[float]:
   return None if value is None else float(value)
 
 
+def _per_dim(model_config: Any, name: str, action_size: int
+             ) -> Optional[Tuple[Optional[float], ...]]:
+  """``model_config.<name>`` as a tuple of ``action_size`` floats or Nones; None when the key
+  is absent, None or empty. A tuple of another length is a ValueError naming the key."""
+  value = model_config.get(name)
+  if value is None or len(tuple(value)) == 0:
+    return None
+  value = tuple(None if v is None else float(v) for v in value)
+  if len(value) != int(action_size):
+    raise ValueError(f"actor.model.{name}={value} has {len(value)} entries; the env's actions "
+                     f"have {action_size} (one entry per dimension, None = untouched)")
+  if name == "mean_bound" and any(v is not None and not v > 0 for v in value):
+    raise ValueError(f"actor.model.mean_bound={value}: each bound must be > 0 (or None)")
+  return value
+
+
 def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                   policy_encoder: Optional[nn.Module] = None,
                   value_encoder: Optional[nn.Module] = None) -> ActorCritic:
@@ -390,6 +420,8 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                           init_log_std=float(model_config.init_log_std),
                           max_log_std=_optional_float(model_config.get("max_log_std")),
                           bounded_mean=bool(model_config.get("bounded_mean", False)),
+                          mean_bound=_per_dim(model_config, "mean_bound", action_size),
+                          min_log_std=_per_dim(model_config, "min_log_std", action_size),
                           encoder=policy_encoder)
   value = None
   if with_value:

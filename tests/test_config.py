@@ -193,7 +193,8 @@ def test_gpu_config_is_the_cpu_recipe_with_a_gpu_sized_batch():
 
 def test_plain_reset_config_has_no_curriculum_and_evaluates_what_it_trains():
   """configs/mujoco_ppo_mlp_plain.py: no training-only (curriculum) key is set at all, only
-  the slower gripper, which the evaluation env keeps (it is part of the action interface)."""
+  the slower gripper, which the evaluation env keeps (it is part of the action interface),
+  and the gripper's exploration band on the policy."""
   from panda_rl.envs import pick_cube
   from panda_rl.evaluate import eval_env_settings
 
@@ -205,7 +206,9 @@ def test_plain_reset_config_has_no_curriculum_and_evaluates_what_it_trains():
   changed = {line.split(":")[0] for line in config_diff(default, plain)}
   assert changed == {"env.train.overrides.reset_pregrasp_prob",
                      "env.train.overrides.action_scale_grip", "runner.max_epochs",
-                     "runner.logger.experiment_name"}, changed
+                     "runner.logger.experiment_name", "actor.model.mean_bound",
+                     "actor.model.min_log_std", "actor.model.max_log_std"}, changed
+  assert plain.actor.model.mean_bound == (None, None, None, 0.25)
   assert run_dir(plain) == Path("runs/panda_rl/mujoco_ppo_mlp_plain")
 
 

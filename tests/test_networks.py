@@ -68,6 +68,43 @@ def test_bounded_mean_is_the_tanh_of_the_unbounded_one():
   assert float(jnp.max(jnp.abs(b_mean))) <= 1.0
 
 
+def test_per_dimension_mean_bound_and_log_std_floor():
+  """actor.model.mean_bound / min_log_std: per action dimension, None = untouched. A bound b
+  gives b * tanh(raw / b) on that dimension only; a floor lifts that dimension's log std and
+  stops its gradient below the floor."""
+  obs = 50.0 * jax.random.normal(jax.random.PRNGKey(2), (64, 10))
+  free = networks.make_networks(model_config(), action_size=3)
+  banded = networks.make_networks(
+      model_config(mean_bound=(None, None, 0.4), min_log_std=(None, 0.0, None)), action_size=3)
+  policy = dict(free.init(jax.random.PRNGKey(0), obs[0])["policy"])
+  policy["mean"] = jax.tree.map(lambda w: 300.0 * w, policy["mean"])
+  policy["log_std"] = jnp.array([-1.0, -0.7, -0.3])
+  mean, log_std = free.policy_apply(policy, obs)
+  b_mean, b_log_std = banded.policy_apply(policy, obs)
+  np.testing.assert_array_equal(b_mean[:, :2], mean[:, :2])
+  np.testing.assert_allclose(b_mean[:, 2], 0.4 * jnp.tanh(mean[:, 2] / 0.4), rtol=1e-6,
+                             atol=1e-7)
+  assert float(jnp.max(jnp.abs(mean[:, 2]))) > 1.0
+  assert float(jnp.max(jnp.abs(b_mean[:, 2]))) <= np.float32(0.4)
+  np.testing.assert_allclose(b_log_std[0], [-1.0, 0.0, -0.3])
+
+  def entropy(p):
+    return jnp.mean(networks.gaussian_entropy(banded.policy_apply(p, obs)[1]))
+
+  np.testing.assert_allclose(jax.grad(entropy)(policy)["log_std"], [1.0, 0.0, 1.0])
+
+
+def test_per_dimension_settings_must_fit_the_actions():
+  with pytest.raises(ValueError, match=r"mean_bound=.*3 entries.*actions have 4"):
+    networks.make_networks(model_config(mean_bound=(None, None, 0.4)), action_size=4)
+  with pytest.raises(ValueError, match=r"min_log_std=.*1 entries.*actions have 2"):
+    networks.make_networks(model_config(min_log_std=(0.0,)), action_size=2)
+  with pytest.raises(ValueError, match="each bound must be > 0"):
+    networks.make_networks(model_config(mean_bound=(0.0, None)), action_size=2)
+  assert networks.make_networks(model_config(mean_bound=(), min_log_std=None),
+                                action_size=2).policy.mean_bound is None
+
+
 def test_no_value_net_when_not_needed():
   nets = networks.make_networks(model_config(), action_size=2, with_value=False)
   params = jax.eval_shape(nets.init, jax.random.PRNGKey(0), jnp.zeros(3))
