@@ -378,7 +378,7 @@ def _optional_float(value: Any) -> Optional[float]:
   return None if value is None else float(value)
 
 
-def _per_dim(model_config: Any, name: str, action_size: int
+def per_dim(model_config: Any, name: str, action_size: int
              ) -> Optional[Tuple[Optional[float], ...]]:
   """``model_config.<name>`` as a tuple of ``action_size`` floats or Nones; None when the key
   is absent, None or empty. A tuple of another length is a ValueError naming the key."""
@@ -420,8 +420,8 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                           init_log_std=float(model_config.init_log_std),
                           max_log_std=_optional_float(model_config.get("max_log_std")),
                           bounded_mean=bool(model_config.get("bounded_mean", False)),
-                          mean_bound=_per_dim(model_config, "mean_bound", action_size),
-                          min_log_std=_per_dim(model_config, "min_log_std", action_size),
+                          mean_bound=per_dim(model_config, "mean_bound", action_size),
+                          min_log_std=per_dim(model_config, "min_log_std", action_size),
                           encoder=policy_encoder)
   value = None
   if with_value:

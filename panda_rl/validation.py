@@ -238,6 +238,19 @@ def _noise_dim_problems(config: Any, action_size: int) -> List[str]:
           f"the env's actions have {action_size} (dimensions 0-{action_size - 1})"]
 
 
+def _policy_dim_problems(config: Any, action_size: int) -> List[str]:
+  """actor.model's per-dimension settings (mean_bound, min_log_std) against the actions."""
+  from panda_rl.networks import per_dim
+
+  out = []
+  for name in ("mean_bound", "min_log_std"):
+    try:
+      per_dim(config.actor.model, name, action_size)
+    except (TypeError, ValueError) as e:
+      out.append(str(e))
+  return out
+
+
 def _reset_phase_problems(config: Any, env: Any, algorithm: agents.Algorithm) -> List[str]:
   phases = config.env.train.get("reset_phases", 1)
   if phases == 1:
@@ -303,6 +316,7 @@ def check(config: Any, devices: Optional[Any] = None) -> Setup:
   algorithm = agents.make(config)
   problems += algorithm.env_problems(config, envs["train"])
   problems += _noise_dim_problems(config, envs["train"].action_size)
+  problems += _policy_dim_problems(config, envs["train"].action_size)
   problems += _reset_phase_problems(config, envs["train"], algorithm)
   try:
     placement = placement_lib.from_config(config, devices, stage_block=algorithm.stage_block)

@@ -266,6 +266,17 @@ def test_bad_noise_correlation_dims_fail_clearly(dims, message):
     training.Trainer(c)
 
 
+def test_per_dimension_policy_settings_that_do_not_fit_the_actions_fail_clearly():
+  """actor.model.mean_bound / min_log_std name one entry per action dimension: a config with
+  another count is one ConfigError naming the key, before anything compiles."""
+  from panda_rl.config import ConfigError
+
+  c = probe_config()
+  c.actor.model.mean_bound = (None, None, 0.3)
+  with pytest.raises(ConfigError, match=r"actor.model.mean_bound=.*3 entries.*actions have 2"):
+    training.Trainer(c)
+
+
 def test_stagger_episodes_resets_in_phases():
   """reset_phases = K: env i's first episode starts (i % K) * L // K steps in, so the batch
   then resets in K groups spread over the episode; the reset observations are untouched."""
