@@ -389,7 +389,13 @@ def per_dim(model_config: Any, name: str, action_size: int
   if len(value) != int(action_size):
     raise ValueError(f"actor.model.{name}={value} has {len(value)} entries; the env's actions "
                      f"have {action_size} (one entry per dimension, None = untouched)")
-  if name == "mean_bound" and any(v is not None and not v > 0 for v in value):
+  return value
+
+
+def mean_bounds(model_config: Any, action_size: int) -> Optional[Tuple[Optional[float], ...]]:
+  """:func:`per_dim` of ``mean_bound``, each bound > 0 (b * tanh(raw / b) needs it)."""
+  value = per_dim(model_config, "mean_bound", action_size)
+  if value is not None and any(v is not None and not v > 0 for v in value):
     raise ValueError(f"actor.model.mean_bound={value}: each bound must be > 0 (or None)")
   return value
 
@@ -420,7 +426,7 @@ def make_networks(model_config: Any, action_size: int, with_value: bool = True,
                           init_log_std=float(model_config.init_log_std),
                           max_log_std=_optional_float(model_config.get("max_log_std")),
                           bounded_mean=bool(model_config.get("bounded_mean", False)),
-                          mean_bound=per_dim(model_config, "mean_bound", action_size),
+                          mean_bound=mean_bounds(model_config, action_size),
                           min_log_std=per_dim(model_config, "min_log_std", action_size),
                           encoder=policy_encoder)
   value = None

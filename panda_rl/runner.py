@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -99,11 +101,26 @@ def _eval_keys(seed: int, count: int, iteration: int) -> jax.Array:
 
 
 def _say(pbar, msg: str) -> None:
-  if jax.process_index() == 0:
+  if jax.process_index() != 0:
+    return
+  try:
     if pbar is not None:
       pbar.write(msg)
     else:
       print(msg, flush=True)
+  except BrokenPipeError:
+    # Whoever read stdout is gone (a closed terminal, `| head`, a stopped supervisor): the
+    # run goes on, and its stop saves its checkpoint, so the lines go to stderr from now on.
+    _stdout_to_devnull()
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _stdout_to_devnull() -> None:
+  """Points stdout's file descriptor at /dev/null (Python's documented answer to SIGPIPE:
+  later writes, and the flush at exit, then succeed instead of failing again)."""
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stdout.fileno())
+  os.close(devnull)
 
 
 def _progress(total: int, initial: int):

@@ -240,12 +240,13 @@ def _noise_dim_problems(config: Any, action_size: int) -> List[str]:
 
 def _policy_dim_problems(config: Any, action_size: int) -> List[str]:
   """actor.model's per-dimension settings (mean_bound, min_log_std) against the actions."""
-  from panda_rl.networks import per_dim
+  from panda_rl.networks import mean_bounds, per_dim
 
   out = []
-  for name in ("mean_bound", "min_log_std"):
+  for check in (lambda: mean_bounds(config.actor.model, action_size),
+                lambda: per_dim(config.actor.model, "min_log_std", action_size)):
     try:
-      per_dim(config.actor.model, name, action_size)
+      check()
     except (TypeError, ValueError) as e:
       out.append(str(e))
   return out

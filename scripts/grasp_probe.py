@@ -30,6 +30,7 @@ from panda_rl import networks
 from panda_rl.checkpoint import Checkpointer, resolve_checkpoint_path
 from panda_rl.envs.pick_cube import OBS_LAYOUT
 from panda_rl.evaluate import eval_env_settings
+from panda_rl.policy import make_policy_apply
 
 NEAR = 0.03  # metres from the cube centre that count as "at the cube"
 
@@ -81,10 +82,15 @@ def probe(env, mean_policy, sample_policy, episodes: int, key) -> Dict[str, floa
 def probe_checkpoint(run_dir, step: int, episodes: int, seed: int = 0,
                      policy_seed: int = 0) -> Dict[str, float]:
   """:func:`probe` of one checkpoint on its config's evaluation env, plus the log stds."""
-  mean_policy = panda_rl.load_policy(run_dir, step=step, seed=policy_seed)
   sample_policy = panda_rl.load_policy(run_dir, step=step, deterministic=False,
                                        seed=policy_seed)
-  env_id, overrides = eval_env_settings(mean_policy.config)
+  config, params, stats = sample_policy.config, sample_policy.params, sample_policy.normalizer
+  mean_apply = make_policy_apply(config, sample_policy.action_size, deterministic=True)
+
+  def mean_policy(obs):  # the same restored parameters: one read of the checkpoint
+    return mean_apply(params, stats, obs)
+
+  env_id, overrides = eval_env_settings(config)
   if env_id != "PandaPickCube-v0":
     raise SystemExit(f"grasp_probe: the run's env is {env_id}; this probe reads "
                      "PandaPickCube-v0's flat observation")
@@ -92,9 +98,9 @@ def probe_checkpoint(run_dir, step: int, episodes: int, seed: int = 0,
   out = {"step": int(step)}
   out.update(probe(env, mean_policy, sample_policy, episodes, jax.random.PRNGKey(seed)))
   obs = jax.eval_shape(env.reset, jax.random.PRNGKey(0)).obs
-  nets = networks.make_networks(mean_policy.config.actor.model, mean_policy.action_size,
+  nets = networks.make_networks(config.actor.model, sample_policy.action_size,
                                 with_value=False)
-  _, log_std = nets.policy_apply(mean_policy.params, jnp.zeros(obs.shape, obs.dtype))
+  _, log_std = nets.policy_apply(params, jnp.zeros(obs.shape, obs.dtype))
   out["log_std"] = [round(float(x), 3) for x in np.asarray(log_std).reshape(-1)]
   return out
 

@@ -159,6 +159,41 @@ def test_a_signal_checkpoints_the_current_iteration_and_resume_is_exact(cli_env,
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
 
 
+def test_a_stop_after_stdouts_reader_is_gone_still_checkpoints(cli_env, tmp_path):
+  """The run's stdout is a pipe whose reader exits (a closed terminal, ``| head``, a killed
+  supervisor), then SIGTERM: the stop's message can no longer go to stdout, and the run
+  must still finish its iteration, write its checkpoint and exit 0 (seen: a
+  BrokenPipeError from the stop message, before the checkpoint)."""
+  import signal
+  import time
+
+  stopped = tmp_path / "stopped"
+  args = [sys.executable, "-m", "panda_rl.train", f"--config={CONFIG}", *TINY,
+          f"--config.runner.logger.log_path={stopped}", "--config.runner.max_epochs=100000",
+          "--config.runner.save_interval=0", "--config.runner.val_check_interval=0"]
+  err_log = tmp_path / "stderr.log"
+  with open(err_log, "w") as err_sink:
+    proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=subprocess.PIPE,
+                            stderr=err_sink)
+  run_dir = stopped.joinpath(*RUN)
+  try:
+    deadline = time.time() + 300
+    while not (run_dir / "config.json").exists() and time.time() < deadline:
+      time.sleep(0.2)
+    time.sleep(3.0)  # mid-training: compiled, iterating
+    proc.stdout.close()  # the reader is gone: the next write to stdout breaks the pipe
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+  finally:
+    proc.kill()
+  err = err_log.read_text()
+  assert proc.returncode == 0, err[-3000:]
+  match = re.search(r"SIGTERM: stopped after iteration (\d+)/100000 with checkpoint step "
+                    r"(\d+)", err)
+  assert match and match.group(1) == match.group(2), err[-2000:]
+  assert Checkpointer(run_dir / "checkpoints").all_steps() == [int(match.group(1))]
+
+
 def test_config_overrides_are_split_from_the_other_flags():
   rest, overrides = train_lib.split_overrides(
       ["train", "--config", "c.py", "--config.algorithm.gamma", "0.9", "--workdir=w",

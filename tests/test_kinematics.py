@@ -68,3 +68,45 @@ def test_joint_limits_and_cube_from_datasheet():
   # Only explicit pairs collide: no geom takes part in automatic collision detection.
   assert not np.any(m.geom_contype) and not np.any(m.geom_conaffinity)
   assert m.npair == 4
+
+
+def test_only_the_rows_that_can_act_are_constraints():
+  """MJX solves every potential row at every substep, so the scene makes only those that
+  can act: the elbow's and the fingers' limits, friction where something is gripped or
+  rests on the floor, a frictionless floor under the fingertips."""
+  from mujoco import mjx
+
+  m = mujoco.MjModel.from_xml_path(ASSET)
+  limited = {m.joint(j).name for j in range(m.njnt) if m.jnt_limited[j]}
+  assert limited == {"joint4", "finger_left", "finger_right"}
+  # The unlimited arm joints still carry their datasheet ranges (as data: IK, tests).
+  np.testing.assert_allclose(m.jnt_range[5], [-0.0175, 3.7525])
+  assert m.pair_dim[m.pair("tip_floor").id] == 1
+  assert [m.pair_dim[m.pair(n).id] for n in ("left_pad_cube", "right_pad_cube",
+                                              "cube_floor")] == [3, 3, 3]
+  d = mjx.make_data(mjx.put_model(m, impl="jax"))
+  # 3 limits + tip-floor 2 contacts x 1 + (2 + 2 pad + 4 floor contacts) x 4 (pyramidal)
+  assert d._impl.efc_J.shape[0] == 3 + 2 + 8 * 4
+
+
+def test_the_controller_keeps_the_unlimited_arm_joints_inside_their_ranges():
+  """What makes dropping those limit rows safe: under random actions and the scripted
+  pick (which bends the elbow to its limit for cubes near the base), every arm joint but
+  the elbow stays well inside its datasheet range (measured: >= 0.52 rad)."""
+  from panda_rl import sim2sim
+
+  envs = [sim2sim.make_c_env("PandaPickCube-v0") for _ in range(32)]
+  m = envs[0].model
+  free = [j for j in range(7) if not m.jnt_limited[j]]
+  lo, hi = m.jnt_range[free, 0], m.jnt_range[free, 1]
+  closest = [np.inf]
+
+  def frame(envs):
+    q = np.stack([e.data.qpos[free] for e in envs])
+    closest[0] = min(closest[0], float(np.min(np.minimum(q - lo, hi - q))))
+
+  rng = np.random.default_rng(0)
+  policies = [lambda obs: rng.uniform(-1, 1, (len(obs), 4)), sim2sim.scripted_policy()]
+  for policy, seed in zip(policies, (0, 7)):
+    sim2sim.c_episodes(envs, policy, seed=seed, on_frame=frame)
+  assert closest[0] > 0.25, closest[0]

@@ -432,15 +432,16 @@ def test_controller_rate_control_reuses_the_first_substeps_dynamics(pick_env, pi
   reset, step = pick_fns
   action = jnp.tile(jnp.array([[0.8, -0.6, -0.9, 0.0]]), (2, 1))
   state = reset(_keys(2))
-  once = panda_rl.make("PandaPickCube-v0", controller_rate="control")
-  assert once.n_substeps == pick_env.n_substeps == 4
-  a = step(state, action)
-  b = jax.jit(jax.vmap(once.step))(state, action)
+  assert pick_env.config.controller_rate == "control"  # the default
+  every = panda_rl.make("PandaPickCube-v0", controller_rate="substep")
+  assert every.n_substeps == pick_env.n_substeps == 4
+  a = jax.jit(jax.vmap(every.step))(state, action)
+  b = step(state, action)
   gap = np.abs(np.asarray(a.data.qpos) - np.asarray(b.data.qpos)).max()
   assert 0 < gap < 1e-3, gap  # later substeps used the first's dynamics
 
   one = {"sim_dt": 0.02, "ctrl_dt": 0.02}
-  per_sub = panda_rl.make("PandaPickCube-v0", **one)
+  per_sub = panda_rl.make("PandaPickCube-v0", controller_rate="substep", **one)
   per_step = panda_rl.make("PandaPickCube-v0", controller_rate="control", **one)
   run = lambda env: jax.jit(jax.vmap(env.step))(state, action)
   np.testing.assert_array_equal(run(per_sub).data.qpos, run(per_step).data.qpos)

@@ -95,9 +95,9 @@ class OperationalSpaceController:
     """The configuration-dependent part of the law: the TCP Jacobian, the task-space
     inertia and the dynamically consistent pseudo-inverse (the mass-matrix solves).
 
-    ``env.controller_rate = "control"`` computes this once per control step and reuses it
-    for the control step's substeps (:meth:`torque_with`); "substep" computes it every
-    substep."""
+    ``env.controller_rate = "control"`` (the default) computes this once per control step
+    and reuses it for the control step's substeps (:meth:`torque_with`); "substep" computes
+    it every substep."""
     jacp, jacr = tcp_jacobian(data, self.tcp_site, self.hand_root)
     jac = jnp.concatenate([jacp, jacr], axis=1).T  # [6, 7]
     mass = mjx.full_m(self.model, data)[:ARM_DOFS, :ARM_DOFS]

@@ -97,9 +97,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.osc_damping_ratio = 1.0  # task-space damping ratio
   c.nullspace_kp = 10.0  # joint-space pull toward the home posture in the nullspace
   # How often the controller's Jacobian and task-space inertia (its mass-matrix solves) are
-  # computed: "substep" (every physics substep) or "control" (once per control step, from
-  # the step's first state; errors, velocities and gravity still every substep).
-  c.controller_rate = "substep"
+  # computed: "control" (once per control step, from the step's first state; errors,
+  # velocities and gravity still every substep) or "substep" (every physics substep, the
+  # default before 2026-12-07; BENCHMARKS.md "Rows that never act" compares the two).
+  c.controller_rate = "control"
   c.max_finger_opening = 0.04  # per-finger travel (m); command 0 -> open, 1 -> closed
   c.reward_type = "dense"  # dense | relative | sparse
   c.reach_weight = 0.3  # dense reward: weight of exp(-reach_sharpness * |cube - tcp|)

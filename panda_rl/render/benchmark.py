@@ -31,7 +31,7 @@ PANDA_XML = os.path.join(os.path.dirname(os.path.dirname(__file__)), "envs", "as
 
 def random_states(m: mujoco.MjModel, batch: int, seed: int = 0) -> mjx.Data:
   """A batch of states: arm joints within +-0.6 rad of the first keyframe (or qpos0),
-  clipped to their limits, and the free bodies left where the keyframe puts them."""
+  clipped to their ranges, and the free bodies left where the keyframe puts them."""
   rng = np.random.default_rng(seed)
   d = mujoco.MjData(m)
   datas = []
@@ -44,8 +44,9 @@ def random_states(m: mujoco.MjModel, batch: int, seed: int = 0) -> mjx.Data:
       if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE:
         a = m.jnt_qposadr[j]
         q = d.qpos[a] + rng.uniform(-0.6, 0.6)
-        if m.jnt_limited[j]:
-          q = np.clip(q, *m.jnt_range[j])
+        lo, hi = m.jnt_range[j]
+        if lo < hi:  # a range, enforced by the physics (limited) or not
+          q = np.clip(q, lo, hi)
         d.qpos[a] = q
     mujoco.mj_forward(m, d)
     datas.append(mjx.put_data(m, d))
