@@ -28,33 +28,24 @@ import numpy as np
 import panda_rl
 from panda_rl import networks
 from panda_rl.checkpoint import Checkpointer, resolve_checkpoint_path
-from panda_rl.envs.pick_cube import OBS_LAYOUT
 from panda_rl.evaluate import eval_env_settings
 from panda_rl.policy import make_policy_apply
 
 NEAR = 0.03  # metres from the cube centre that count as "at the cube"
 
 
-def _slices() -> Dict[str, slice]:
-  out, i = {}, 0
-  for name, size in OBS_LAYOUT:
-    out[name] = slice(i, i + size)
-    i += size
-  return out
-
-
 def probe(env, mean_policy, sample_policy, episodes: int, key) -> Dict[str, float]:
   """Plays ``episodes`` episodes of ``env`` (a PandaPickCube) with ``sample_policy(obs, key)``
   and returns the statistics above; ``mean_policy(obs)`` gives the mean action."""
-  s = _slices()
   k_reset, k_act = jax.random.split(key)
 
   def step(state, k):
     obs = state.obs
-    rel = obs[:, s["tcp_pos"]] - obs[:, s["cube_pos"]]
+    parts = env.obs_dict(obs)
+    rel = parts["tcp_pos"] - parts["cube_pos"]
     record = {"near": jnp.linalg.norm(rel, axis=-1) < NEAR, "mean": mean_policy(obs),
               "grip": state.info["grip_cmd"], "dz": rel[:, 2],
-              "cube_z": obs[:, s["cube_pos"]][:, 2]}
+              "cube_z": parts["cube_pos"][:, 2]}
     return jax.vmap(env.step)(state, sample_policy(obs, k)), record
 
   @jax.jit

@@ -116,33 +116,45 @@ def test_resume_gives_the_same_parameters_as_a_straight_run(cli_env, smoke, tmp_
   assert [(s, v) for s, v, _ in sa[M.LOSS]] == [(s, v) for s, v, _ in sb[M.LOSS]]
 
 
+def _endless_args(log_path):
+  """A training run that goes on until it is stopped: no checkpoints, no evaluations."""
+  return [sys.executable, "-m", "panda_rl.train", f"--config={CONFIG}", *TINY,
+          f"--config.runner.logger.log_path={log_path}", "--config.runner.max_epochs=100000",
+          "--config.runner.save_interval=0", "--config.runner.val_check_interval=0"]
+
+
+def _signal_mid_training(proc, run_dir, signum, before_signal=lambda: None):
+  """Waits until ``proc`` is iterating (its run directory written, then 3 s), calls
+  ``before_signal``, sends ``signum`` and waits for the process to exit."""
+  import time
+
+  try:
+    deadline = time.time() + 300
+    while not (run_dir / "config.json").exists() and time.time() < deadline:
+      time.sleep(0.2)
+    time.sleep(3.0)  # mid-training: compiled, iterating
+    before_signal()
+    proc.send_signal(signum)
+    proc.wait(timeout=120)
+  finally:
+    proc.kill()
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signal_checkpoints_the_current_iteration_and_resume_is_exact(cli_env, tmp_path,
                                                                         signame):
   """SIGTERM / SIGINT mid-run: the iteration finishes, a checkpoint is written, exit 0;
   resuming to N + 3 iterations gives the parameters of a straight N + 3 run."""
   import signal
-  import time
 
   stopped = tmp_path / "stopped"
-  args = [sys.executable, "-m", "panda_rl.train", f"--config={CONFIG}", *TINY,
-          f"--config.runner.logger.log_path={stopped}", "--config.runner.max_epochs=100000",
-          "--config.runner.save_interval=0", "--config.runner.val_check_interval=0"]
   # Files, not pipes: nothing reads a pipe while the test waits for the run to start.
   out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
   with open(out_log, "w") as out_sink, open(err_log, "w") as err_sink:
-    proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=out_sink, stderr=err_sink,
-                            text=True)
+    proc = subprocess.Popen(_endless_args(stopped), cwd=REPO, env=cli_env, stdout=out_sink,
+                            stderr=err_sink, text=True)
   run_dir = stopped.joinpath(*RUN)
-  try:
-    deadline = time.time() + 300
-    while not (run_dir / "config.json").exists() and time.time() < deadline:
-      time.sleep(0.2)
-    time.sleep(3.0)  # mid-training: compiled, iterating
-    proc.send_signal(getattr(signal, signame))
-    proc.wait(timeout=120)
-  finally:
-    proc.kill()
+  _signal_mid_training(proc, run_dir, getattr(signal, signame))
   out, err = out_log.read_text(), err_log.read_text()
   assert proc.returncode == 0, err[-3000:]
   match = re.search(rf"{signame}: stopped after iteration (\d+)/100000 with checkpoint step "
@@ -165,27 +177,15 @@ def test_a_stop_after_stdouts_reader_is_gone_still_checkpoints(cli_env, tmp_path
   must still finish its iteration, write its checkpoint and exit 0 (seen: a
   BrokenPipeError from the stop message, before the checkpoint)."""
   import signal
-  import time
 
   stopped = tmp_path / "stopped"
-  args = [sys.executable, "-m", "panda_rl.train", f"--config={CONFIG}", *TINY,
-          f"--config.runner.logger.log_path={stopped}", "--config.runner.max_epochs=100000",
-          "--config.runner.save_interval=0", "--config.runner.val_check_interval=0"]
   err_log = tmp_path / "stderr.log"
   with open(err_log, "w") as err_sink:
-    proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=subprocess.PIPE,
-                            stderr=err_sink)
+    proc = subprocess.Popen(_endless_args(stopped), cwd=REPO, env=cli_env,
+                            stdout=subprocess.PIPE, stderr=err_sink)
   run_dir = stopped.joinpath(*RUN)
-  try:
-    deadline = time.time() + 300
-    while not (run_dir / "config.json").exists() and time.time() < deadline:
-      time.sleep(0.2)
-    time.sleep(3.0)  # mid-training: compiled, iterating
-    proc.stdout.close()  # the reader is gone: the next write to stdout breaks the pipe
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-  finally:
-    proc.kill()
+  # The reader is gone before the signal: the stop's message breaks the pipe.
+  _signal_mid_training(proc, run_dir, signal.SIGTERM, before_signal=proc.stdout.close)
   err = err_log.read_text()
   assert proc.returncode == 0, err[-3000:]
   match = re.search(r"SIGTERM: stopped after iteration (\d+)/100000 with checkpoint step "

@@ -3,8 +3,9 @@
 The same MJCF (:data:`panda_rl.envs.panda.ASSET`, with the task's timestep and solver
 iterations), the same operational-space controller at every physics substep (ported to
 numpy from :mod:`panda_rl.envs.controller`; its Jacobian and task inertia once per control
-step by default, as the MJX env's ``controller_rate``), the same observation, reward terms, success,
-out-of-bounds termination and time limit as :class:`panda_rl.envs.pick_cube.PandaPickCube`,
+step by default, as the MJX env's ``controller_rate``), the same observation, reward
+terms, success, out-of-bounds termination and time limit as
+:class:`panda_rl.envs.pick_cube.PandaPickCube`,
 and the same config keys (``PandaPickCubeC(reward_type="sparse")``). Nothing in ``reset`` or
 ``step`` runs JAX: physics is ``mujoco.mj_step``, everything else is numpy in float64 (MJX
 runs in float32). The env is stateful, like MjData: ``reset`` / ``reset_to`` start an
