@@ -107,6 +107,24 @@ def _placer(batch):
       tree)
 
 
+def make_rollout(env, steps: int):
+  """``(state, key) -> (state, key, mean reward)``: ``steps`` control steps of the batched,
+  auto-resetting ``env`` under uniform random actions drawn on device (the timed program)."""
+  import jax
+
+  def rollout(state, key):
+    def body(carry, _):
+      s, k = carry
+      k, sub = jax.random.split(k)
+      a = jax.random.uniform(sub, (env.num_envs, env.action_size), minval=-1.0, maxval=1.0)
+      s = env.step(s, a)
+      return (s, k), s.reward.mean()
+    (state, key), rew = jax.lax.scan(body, (state, key), None, length=steps)
+    return state, key, rew.mean()
+
+  return rollout
+
+
 def main():
   args = _parse()
   if args.cpu_devices is not None:
@@ -127,19 +145,7 @@ def main():
     """Times the env (and, for vision envs, the renderer alone); one row, or None on hang."""
     extra = {} if size is None else {"image_height": size, "image_width": size}
     env = AutoResetWrapper(panda_rl.make(args.env, **overrides, **extra), batch)
-    n_act = env.action_size
-
-    def rollout(state, key):
-      def body(carry, _):
-        s, k = carry
-        k, sub = jax.random.split(k)
-        a = jax.random.uniform(sub, (batch, n_act), minval=-1.0, maxval=1.0)
-        s = env.step(s, a)
-        return (s, k), s.reward.mean()
-      (state, key), rew = jax.lax.scan(body, (state, key), None, length=args.steps)
-      return state, key, rew.mean()
-
-    fn = jax.jit(rollout, donate_argnums=0)
+    fn = jax.jit(make_rollout(env, args.steps), donate_argnums=0)
     place = _placer(batch)
     result = {}
 

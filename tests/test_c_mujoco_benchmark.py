@@ -44,3 +44,20 @@ def test_states_start_at_home_with_the_cube_on_the_floor_and_controls_are_held()
   assert controls.shape == (3, 20, model.nu)
   np.testing.assert_array_equal(controls[:, 0], controls[:, 3])  # held for 4 substeps
   assert np.all(np.abs(controls) <= np.abs(model.actuator_ctrlrange).max(axis=1) + 1e-9)
+
+
+def test_vs_c_mujoco_alternates_both_and_reports_the_median_ratio(tmp_path):
+  """scripts/benchmark_vs_c_mujoco.py: one MJX call and one C MuJoCo call per round; each
+  round's ratio is its env steps/s over its C MuJoCo control steps/s; the JSON keeps them."""
+  out = tmp_path / "vs.json"
+  report = load_script("benchmark_vs_c_mujoco").main(
+      ["--batch", "8", "--steps", "2", "--c-batch", "2", "--c-steps", "3", "--threads", "1",
+       "--rounds", "3", "--override", "sim_dt=0.01", "--json", str(out)])
+  assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+  assert report["overrides"] == {"sim_dt": 0.01} and len(report["rounds"]) == 3
+  for row in report["rounds"]:
+    assert row["env_steps_per_s"] > 0 and row["c_control_steps_per_s"] > 0
+    np.testing.assert_allclose(row["ratio"],
+                               row["env_steps_per_s"] / row["c_control_steps_per_s"],
+                               rtol=1e-2)  # the speeds are stored rounded to a step
+  assert report["median"]["ratio"] == np.median([r["ratio"] for r in report["rounds"]])
