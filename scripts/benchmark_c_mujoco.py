@@ -64,6 +64,19 @@ def random_controls(model: mujoco.MjModel, batch: int, steps: int, substeps: int
   return np.repeat(ctrl, substeps, axis=1)
 
 
+def workload(overrides, batch: int, steps: int, seed: int = 0):
+  """(model, states, controls, substeps): the env's scene as ``overrides`` set it,
+  ``batch`` initial states and ``steps`` control steps of held random controls."""
+  cfg = pick_cube.default_config()
+  cfg.update(overrides)
+  substeps = int(round(cfg.ctrl_dt / cfg.sim_dt))
+  model = scene_model(cfg)
+  rng = np.random.default_rng(seed)
+  states = initial_states(model, batch, rng)
+  controls = random_controls(model, batch, steps, substeps, rng)
+  return model, states, controls, substeps
+
+
 def measure(model, states, controls, threads: int, repeats: int) -> float:
   """Median seconds of one ``rollout`` call over the whole batch."""
   datas = [mujoco.MjData(model) for _ in range(threads)]
@@ -88,13 +101,8 @@ def main(argv=None):
   p.add_argument("--json", default="c_mujoco.json")
   args = p.parse_args(argv)
 
-  cfg = pick_cube.default_config()
-  cfg.update(parse_overrides(args.override))
-  substeps = int(round(cfg.ctrl_dt / cfg.sim_dt))
-  model = scene_model(cfg)
-  rng = np.random.default_rng(0)
-  states = initial_states(model, args.batch, rng)
-  controls = random_controls(model, args.batch, args.steps, substeps, rng)
+  model, states, controls, substeps = workload(parse_overrides(args.override), args.batch,
+                                               args.steps)
   rows = []
   print(f"{'threads':>7} {'control steps/s':>16} {'physics steps/s':>16}")
   for threads in args.threads:

@@ -89,7 +89,7 @@ def fast_path_off(flags: bool, barrier: bool) -> None:
     os.environ["PANDA_RL_MJX_BARRIER"] = "0"
 
 
-def _placer(batch):
+def placer(batch):
   """Places a batched env state as training does with the default placement: the batch
   split over every device (when it divides), everything else replicated; the jitted steps
   then run on all devices."""
@@ -146,7 +146,7 @@ def main():
     extra = {} if size is None else {"image_height": size, "image_width": size}
     env = AutoResetWrapper(panda_rl.make(args.env, **overrides, **extra), batch)
     fn = jax.jit(make_rollout(env, args.steps), donate_argnums=0)
-    place = _placer(batch)
+    place = placer(batch)
     result = {}
 
     def work():

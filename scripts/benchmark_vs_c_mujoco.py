@@ -60,7 +60,7 @@ def _mjx_call(env_id, overrides, batch, steps):
 
   env = AutoResetWrapper(panda_rl.make(env_id, **overrides), batch)
   fn = jax.jit(env_bench.make_rollout(env, steps), donate_argnums=0)
-  carry = [env_bench._placer(batch)(env.reset(jax.random.PRNGKey(0))), jax.random.PRNGKey(1)]
+  carry = [env_bench.placer(batch)(env.reset(jax.random.PRNGKey(0))), jax.random.PRNGKey(1)]
 
   def call():
     state, key, r = fn(*carry)
@@ -77,16 +77,7 @@ def _c_call(overrides, batch, steps, threads):
   import mujoco
   from mujoco import rollout
 
-  from panda_rl.envs import pick_cube
-  from panda_rl.envs.panda import scene_model
-
-  cfg = pick_cube.default_config()
-  cfg.update(overrides)
-  substeps = int(round(cfg.ctrl_dt / cfg.sim_dt))
-  model = scene_model(cfg)
-  rng = np.random.default_rng(0)
-  states = c_bench.initial_states(model, batch, rng)
-  controls = c_bench.random_controls(model, batch, steps, substeps, rng)
+  model, states, controls, _ = c_bench.workload(overrides, batch, steps)
   datas = [mujoco.MjData(model) for _ in range(threads)]
   pool = rollout.Rollout(nthread=threads)
 
