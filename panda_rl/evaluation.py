@@ -28,6 +28,7 @@ import numpy as np
 from panda_rl import metrics as M
 from panda_rl import program_cache
 from panda_rl.envs.base import AutoResetWrapper, Env, EnvState
+from panda_rl.envs.sharded import ShardedEnv, shard_step
 
 Array = jax.Array
 # A safety cap for the while_loop, in env steps, should an env never end.
@@ -44,13 +45,15 @@ class Episodes(NamedTuple):
 
 def single_env(env: Env) -> Env:
   """The env of ONE episode: ``env`` without its (batching, auto-resetting) wrappers."""
-  while isinstance(env, AutoResetWrapper):
+  while isinstance(env, (AutoResetWrapper, ShardedEnv)):
     env = env.env
   return env
 
 
-def _body(env: Env, policy: Callable[[Any], Array]):
+def _body(env: Env, policy: Callable[[Any], Array], mesh: Optional[Any] = None):
   step = jax.vmap(env.step)
+  if mesh is not None:  # each device steps its own envs (see panda_rl.envs.sharded)
+    step = shard_step(step, mesh)
 
   def body(carry):
     env_state, active, ret, length, success = carry
@@ -75,7 +78,8 @@ def run_episodes(env: Env, policy: Callable[[Any], Array], key: Array, num_envs:
   Pure and jittable. Args: ``env`` an unbatched env (wrappers are removed), ``record`` an
   optional ``EnvState [N] -> pytree`` recorded after each of ``num_steps`` steps,
   ``constrain`` an optional placement of the [N] initial env state (e.g.
-  :meth:`panda_rl.placement.Placement.batch_constraint`: the envs split over devices).
+  :meth:`panda_rl.placement.Placement.batch_constraint`: the envs split over devices; a
+  :class:`~panda_rl.placement.BatchSplit` also has each device step its own envs).
 
   Returns:
     (:class:`Episodes`, the initial [N] env state, the records stacked [num_steps, ...] or
@@ -87,7 +91,7 @@ def run_episodes(env: Env, policy: Callable[[Any], Array], key: Array, num_envs:
     initial = constrain(initial)
   zeros = jnp.zeros((num_envs,), jnp.float32)
   carry = (initial, jnp.ones((num_envs,), bool), zeros, zeros, zeros)
-  body = _body(env, policy)
+  body = _body(env, policy, getattr(constrain, "mesh", None))
   if record is None:
     def cond(c):
       return jnp.any(c[0][1]) & (c[1] < MAX_EVAL_STEPS)

@@ -15,7 +15,9 @@ works too (notebooks): ``{"env": "0-3", "rollout": "4-7", "actor": (8, 15)}``.
 How a placement maps onto ``jax.sharding`` (one 1-D mesh, axis ``"batch"``, per group):
 
 * **env**: the [B] env state (physics included) is sharded along the env batch over the env
-  devices, ``NamedSharding(env_mesh, P("batch"))``: each device steps B / n_env envs.
+  devices, ``NamedSharding(env_mesh, P("batch"))``: each device steps B / n_env envs, under
+  ``jax.shard_map`` (:meth:`Placement.sharded_env`), so that the devices do not meet inside
+  a step (the solver's loop and the resets are decided per device; results are unchanged).
 * **rollout**: policy parameters and the observation normaliser are replicated on the
   rollout devices (``P()``); the observations of a step arrive batch-sharded, so inference
   is data parallel.
@@ -193,6 +195,26 @@ def parse_component_placement(spec: Any, num_devices: int) -> Dict[str, Tuple[in
 # The placement.
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchSplit:
+  """A batch of ``batch`` envs split over ``mesh``'s devices, inside a program.
+
+  Called on a tree, it constrains every leaf with leading dimension ``batch`` to
+  ``P("batch")`` over the mesh and the rest to replicated (``with_sharding_constraint``);
+  :func:`panda_rl.evaluation.run_episodes` also steps those envs per device on ``mesh``
+  (:func:`panda_rl.envs.sharded.shard_step`).
+  """
+
+  mesh: Mesh
+  batch: int
+
+  def __call__(self, tree: Any) -> Any:
+    split, rep = NamedSharding(self.mesh, P(AXIS)), NamedSharding(self.mesh, P())
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(
+            x, split if x.ndim and x.shape[0] == self.batch else rep), tree)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Placement:
   """A validated placement: device groups, meshes, shardings, pipeline stages.
@@ -276,18 +298,26 @@ class Placement:
                        else env_rep, abstract_state.env_state)
     return tree.replace(env_state=env)
 
-  def batch_constraint(self, component: str, batch: int) -> Optional[Callable[[Any], Any]]:
+  def batch_constraint(self, component: str, batch: int) -> Optional["BatchSplit"]:
     """For a batch of ``batch`` envs built inside a program (e.g. the evaluation's): a
-    function that splits every leaf with leading dimension ``batch`` over the component's
-    devices and replicates the rest; None on one device, or when ``batch`` does not divide
-    over the devices (the program then runs that batch unsplit)."""
+    :class:`BatchSplit`, which splits every leaf with leading dimension ``batch`` over the
+    component's devices and replicates the rest, and whose mesh lets the program step those
+    envs per device; None on one device, or when ``batch`` does not divide over the devices
+    (the program then runs that batch unsplit)."""
     n = self.size(component)
     if n == 1 or batch % n:
       return None
-    split, rep = self.batch_sharding(component), self.replicated(component)
-    return lambda tree: jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(
-            x, split if x.ndim and x.shape[0] == batch else rep), tree)
+    return BatchSplit(self.mesh(component), batch)
+
+  def sharded_env(self, env: Any) -> Any:
+    """The batched training env stepped shard by shard on the env devices
+    (:class:`panda_rl.envs.sharded.ShardedEnv`: no collective inside a step); ``env``
+    itself on one env device."""
+    if self.size("env") == 1:
+      return env
+    from panda_rl.envs.sharded import ShardedEnv
+
+    return ShardedEnv(env, self.mesh("env"), AXIS)
 
   @property
   def minibatch_constraint(self) -> Optional[Callable[[Any], Any]]:

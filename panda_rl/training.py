@@ -101,7 +101,9 @@ class Trainer:
     self.update_epochs = int(alg.update_epochs)
     self.num_minibatches = int(alg.num_minibatches)
     self.updates_per_iteration = self.update_epochs * self.num_minibatches
-    self.env = self.algorithm.wrap_env(setup.env, int(config.env.train.num_envs))
+    # Batched, and on several env devices stepped per device (Placement.sharded_env).
+    self.env = self.placement.sharded_env(
+        self.algorithm.wrap_env(setup.env, int(config.env.train.num_envs)))
     self.eval_env = AutoResetWrapper(setup.eval_env, int(config.env.eval.num_envs))
     self.steps_per_iteration = self.env.num_envs * self.num_steps
     self.noise_correlation = rollout_lib.noise_correlation(config.rollout,

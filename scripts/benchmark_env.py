@@ -26,7 +26,9 @@ off one each, to see which part a change affects. The JSON records what was in e
 
 The batch is split over every JAX device, as training splits it with the default placement:
 on a CPU that is one XLA device per core (``panda_rl/_xla.py``; ``--cpu-devices 1`` measures
-the single device JAX gives by default). The JSON records ``devices`` and ``cpu_devices``.
+the single device JAX gives by default), and each device steps its own envs
+(``panda_rl/envs/sharded.py``; ``--partitioned-step`` steps them under jit's partitioner, as
+before). The JSON records ``devices``, ``cpu_devices`` and ``step``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ def _parse():
   p.add_argument("--cpu-devices", default=None,
                  help="XLA CPU devices to split the batch over (PANDA_RL_CPU_DEVICES: 'auto'\n"
                       "= one per core, the library's default; 1 = one device)")
+  p.add_argument("--partitioned-step", action="store_true",
+                 help="step the split batch under jit's partitioner, as before 2026-12-08,\n"
+                      "instead of each device stepping its own envs (ShardedEnv)")
   p.add_argument("--override", nargs="*", default=[], help="env overrides key=value")
   p.add_argument("--json", default="benchmark_env.json")
   return p.parse_args()
@@ -94,33 +99,64 @@ def placer(batch):
   split over every device (when it divides), everything else replicated; the jitted steps
   then run on all devices."""
   import jax
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding, PartitionSpec as P
 
-  devices = jax.devices()
-  if len(devices) == 1 or batch % len(devices):
+  mesh = _mesh(batch)
+  if mesh is None:
     return lambda tree: tree
-  mesh = jax.make_mesh((len(devices),), ("batch",), axis_types=(AxisType.Auto,),
-                       devices=devices)
   split, rep = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
   return lambda tree: jax.tree.map(
       lambda x: jax.device_put(x, split if x.ndim and x.shape[0] == batch else rep),
       tree)
 
 
+def _mesh(batch):
+  """Every device in a 1-D ``("batch",)`` mesh, or None on one device or when ``batch``
+  does not divide over them."""
+  import jax
+  from jax.sharding import AxisType
+
+  devices = jax.devices()
+  if len(devices) == 1 or batch % len(devices):
+    return None
+  return jax.make_mesh((len(devices),), ("batch",), axis_types=(AxisType.Auto,),
+                       devices=devices)
+
+
+def batched(env, batch: int, per_device: bool = True):
+  """``env`` batched as training batches it with the default placement: auto-resetting, and
+  where the batch is split over several devices (:func:`placer`), each device stepping its
+  own envs (``ShardedEnv``, as ``Placement.sharded_env`` gives the trainer).
+  ``per_device=False`` steps the split batch under jit's partitioner instead (the way
+  before 2026-12-08, for comparison)."""
+  from panda_rl.envs.base import AutoResetWrapper
+  from panda_rl.envs.sharded import ShardedEnv
+
+  env = AutoResetWrapper(env, batch)
+  mesh = _mesh(batch)
+  return ShardedEnv(env, mesh) if per_device and mesh is not None else env
+
+
 def make_rollout(env, steps: int):
   """``(state, key) -> (state, key, mean reward)``: ``steps`` control steps of the batched,
-  auto-resetting ``env`` under uniform random actions drawn on device (the timed program)."""
+  auto-resetting ``env`` under uniform random actions drawn on device (the timed program).
+
+  The reward is summed per env in the loop and averaged once at the end: a mean over the
+  batch at every step would make the devices meet at every step, which training's rollout
+  does not do (measured: 4% of the env's speed on 2 CPU devices)."""
   import jax
+  import jax.numpy as jnp
 
   def rollout(state, key):
     def body(carry, _):
-      s, k = carry
+      s, k, total = carry
       k, sub = jax.random.split(k)
       a = jax.random.uniform(sub, (env.num_envs, env.action_size), minval=-1.0, maxval=1.0)
       s = env.step(s, a)
-      return (s, k), s.reward.mean()
-    (state, key), rew = jax.lax.scan(body, (state, key), None, length=steps)
-    return state, key, rew.mean()
+      return (s, k, total + s.reward), None
+    total = jnp.zeros_like(state.reward)
+    (state, key, total), _ = jax.lax.scan(body, (state, key, total), None, length=steps)
+    return state, key, total.mean() / steps
 
   return rollout
 
@@ -134,7 +170,6 @@ def main():
   import panda_rl  # sets XLA flags before the backend starts, patches MJX
   from panda_rl import _xla
   import jax
-  from panda_rl.envs.base import AutoResetWrapper
   from panda_rl.envs.registry import parse_overrides
 
   overrides = parse_overrides(args.override)
@@ -144,7 +179,8 @@ def main():
   def measure(batch, size):
     """Times the env (and, for vision envs, the renderer alone); one row, or None on hang."""
     extra = {} if size is None else {"image_height": size, "image_width": size}
-    env = AutoResetWrapper(panda_rl.make(args.env, **overrides, **extra), batch)
+    env = batched(panda_rl.make(args.env, **overrides, **extra), batch,
+                  per_device=not args.partitioned_step)
     fn = jax.jit(make_rollout(env, args.steps), donate_argnums=0)
     place = placer(batch)
     result = {}
@@ -215,6 +251,7 @@ def main():
       "jax": jax.__version__, "backend": jax.default_backend(),
       "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
       "devices": jax.device_count(), "cpu_devices": _xla.CPU_DEVICES,
+      "step": "partitioned" if args.partitioned_step else "per device",
       "machine": platform.platform(), "python": sys.version.split()[0],
       "date": time.strftime("%Y-%m-%d"), "results": [],
   }

@@ -11,7 +11,8 @@ machine's host runs at the time: on a shared 2-core VM the same script has read 
 each, back to back, in the same process:
 
 * the env: ``benchmark_env.py``'s program (``--steps`` control steps of ``--batch`` envs,
-  random actions, auto-reset, the batch split over every JAX device as training does);
+  random actions, auto-reset, the batch split over every JAX device and each device
+  stepping its own envs, as training does);
 * C MuJoCo: ``benchmark_c_mujoco.py``'s ``mujoco.rollout`` of the same scene
   (``--c-batch`` rollouts of ``--c-steps`` control steps, physics only, ``--threads``).
 
@@ -56,9 +57,8 @@ def _mjx_call(env_id, overrides, batch, steps):
   import jax
 
   import panda_rl
-  from panda_rl.envs.base import AutoResetWrapper
 
-  env = AutoResetWrapper(panda_rl.make(env_id, **overrides), batch)
+  env = env_bench.batched(panda_rl.make(env_id, **overrides), batch)
   fn = jax.jit(env_bench.make_rollout(env, steps), donate_argnums=0)
   carry = [env_bench.placer(batch)(env.reset(jax.random.PRNGKey(0))), jax.random.PRNGKey(1)]
 
