@@ -6,6 +6,10 @@ _xla.configure()  # must run before anything creates a JAX backend
 _xla.configure_cpu_devices()  # one XLA:CPU device per core (see panda_rl/_xla.py)
 _xla.patch_mjx()  # fast MJX body-tree kinematics on CPU (see panda_rl/_xla.py)
 
+from panda_rl import _mjx_sums  # noqa: E402
+
+_mjx_sums.patch()  # MJX's solver sums kept fusible on CPU (see panda_rl/_mjx_sums.py)
+
 from panda_rl import compile_cache  # noqa: E402
 
 compile_cache.configure()  # JAX's persistent compilation cache (see panda_rl/compile_cache.py)

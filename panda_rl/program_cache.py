@@ -13,9 +13,10 @@ The key is a hash of everything the traced program depends on: the program's nam
 settings it is built from (e.g. the experiment config, minus logging and bookkeeping), the
 arguments' tree structure, shapes, dtypes and placements, panda_rl's own source files, the
 versions of the libraries that trace it (jax, jaxlib, mujoco, mujoco-mjx, flax, optax, chex,
-numpy, ml-collections), JAX's configuration, ``XLA_FLAGS``, the MJX quaternion patch, and
-the backend and devices. What it cannot see is code changed while Python runs (a function of
-panda_rl replaced in a notebook): set ``PANDA_RL_PROGRAM_CACHE=0`` then. It is off whenever
+numpy, ml-collections), JAX's configuration, ``XLA_FLAGS``, the MJX patches (quaternion
+barrier, solver sums), and the backend and devices. What it cannot see is code changed
+while Python runs (a function of panda_rl replaced in a notebook): set
+``PANDA_RL_PROGRAM_CACHE=0`` then. It is off whenever
 the compilation cache is off (``PANDA_RL_COMPILATION_CACHE=0``). A program that cannot be
 exported (e.g. it holds a host callback) is jitted as usual.
 """
@@ -77,14 +78,15 @@ def _versions() -> Dict[str, str]:
 
 
 def _environment() -> Dict[str, Any]:
-  from panda_rl import _xla
+  from panda_rl import _mjx_sums, _xla
 
   devices = jax.devices()
   settings = {k: repr(v) for k, v in jax.config.values.items()
               if not any(word in k for word in _SETTINGS_IGNORED)}
   return {"format": FORMAT, "source": _source_digest(), "versions": _versions(),
           "jax_settings": settings, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "mjx_patch": _xla.MJX_PATCH, "backend": jax.default_backend(),
+          "mjx_patch": _xla.MJX_PATCH, "mjx_solver_sums": _mjx_sums.STATUS,
+          "backend": jax.default_backend(),
           "platform_version": getattr(getattr(devices[0], "client", None), "platform_version",
                                       ""),
           "devices": [d.device_kind for d in devices], "processes": jax.process_count()}

@@ -18,11 +18,13 @@ waiting forever; a batch that fails (e.g. out of device memory) is reported and 
 runs. Prints a table and writes JSON, rewritten after every batch, so a run stopped from
 outside keeps what it measured.
 
-The CPU fast path (``panda_rl/_xla.py``) has two parts: XLA:CPU flags and an optimization
-barrier in MJX's quaternion product. ``--no-fast-flags`` turns off BOTH (the regression
-check: run once with and once without it); ``--no-xla-flags`` and ``--no-mjx-barrier`` turn
-off one each, to see which part a change affects. The JSON records what was in effect
-(``xla_status``, ``mjx_patch``, ``xla_flags``).
+The CPU fast path has two parts: XLA:CPU flags (``panda_rl/_xla.py``) and two MJX patches,
+an optimization barrier in MJX's quaternion product (``panda_rl/_xla.py``) and the solver's
+sums kept fusible (``panda_rl/_mjx_sums.py``). ``--no-fast-flags`` turns off ALL of it (the
+regression check: run once with and once without it); ``--no-xla-flags`` and
+``--no-mjx-barrier`` turn off the flags or the MJX patches, to see which part a change
+affects. The JSON records what was in effect (``xla_status``, ``mjx_patch``,
+``mjx_solver_sums``, ``xla_flags``).
 
 The batch is split over every JAX device, as training splits it with the default placement:
 on a CPU that is one XLA device per core (``panda_rl/_xla.py``; ``--cpu-devices 1`` measures
@@ -58,7 +60,9 @@ def _parse():
   p.add_argument("--no-xla-flags", action="store_true",
                  help="turn off only the XLA:CPU flags (PANDA_RL_XLA_FLAGS=0)")
   p.add_argument("--no-mjx-barrier", action="store_true",
-                 help="turn off only the MJX quaternion barrier (PANDA_RL_MJX_BARRIER=0)")
+                 help="turn off only the MJX patches: the quaternion barrier and the\n"
+                      "solver's chunked sums (PANDA_RL_MJX_BARRIER=0,\n"
+                      "PANDA_RL_MJX_SOLVER_SUMS=0)")
   p.add_argument("--cpu-devices", default=None,
                  help="XLA CPU devices to split the batch over (PANDA_RL_CPU_DEVICES: 'auto'\n"
                       "= one per core, the library's default; 1 = one device)")
@@ -92,6 +96,7 @@ def fast_path_off(flags: bool, barrier: bool) -> None:
     os.environ["XLA_FLAGS"] = " ".join(kept)
   if barrier:
     os.environ["PANDA_RL_MJX_BARRIER"] = "0"
+    os.environ["PANDA_RL_MJX_SOLVER_SUMS"] = "0"
 
 
 def placer(batch):
@@ -168,7 +173,7 @@ def main():
   fast_path_off(flags=args.no_fast_flags or args.no_xla_flags,
                 barrier=args.no_fast_flags or args.no_mjx_barrier)
   import panda_rl  # sets XLA flags before the backend starts, patches MJX
-  from panda_rl import _xla
+  from panda_rl import _mjx_sums, _xla
   import jax
   from panda_rl.envs.registry import parse_overrides
 
@@ -247,6 +252,7 @@ def main():
       "env": args.env, "overrides": overrides, "steps_per_call": args.steps,
       "image_sizes": sizes if vision else None,
       "xla_status": _xla.STATUS, "mjx_patch": _xla.MJX_PATCH,
+      "mjx_solver_sums": _mjx_sums.STATUS,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
