@@ -27,6 +27,8 @@ from panda_rl.envs.groups import GroupAutoResetWrapper  # noqa: E402
 from panda_rl.envs.sharded import ShardedEnv, shard_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# One worker runs this module, so its device checks (one subprocess) run once.
+pytestmark = pytest.mark.xdist_group("sharded_env")
 
 
 def _mesh(n):
